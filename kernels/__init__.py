@@ -1,0 +1,1 @@
+"""Compiled LSTM kernels, installed as ``fastlstm.kernels``: ``cpu`` (Numba) and ``cuda`` (numba.cuda)."""

@@ -1,0 +1,135 @@
+"""CPU backend: the three phases of each layer (input GEMM, compiled recurrence, gradient GEMMs).
+
+Takes and returns normalised, time-major, C-contiguous arrays of the compute dtype (the API
+layer in ``fastlstm.api`` does all validation and layout conversion)::
+
+    x (T, B, I)  h0 (L*D, B, H_out)  c0 (L*D, B, H)  lengths (B,) int64
+    masks: None or L-1 arrays (T, B, D*H_out), inter-layer dropout already scaled
+
+Phase 1 (per layer): one GEMM ``(T*B, I) x (I, D*4H)`` for both directions, plus both biases.
+Phase 2 (per direction): ``recurrence_forward`` / ``recurrence_backward``, compiled loops over time.
+Phase 3 (backward, per direction): ``dW_ih``, ``dW_hh``, ``dW_hr``, ``db`` and ``dx`` as
+whole-sequence GEMMs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .recurrence import recurrence_backward, recurrence_forward
+
+__all__ = ["lstm_forward", "lstm_backward"]
+
+
+def _prepare(params, layer):
+    """Per layer: stacked, transposed weights in the layouts the kernels walk contiguously."""
+    D = params.num_directions
+    dt = params.dtype
+    w_ih, w_hh_t, w_hr_t, bias = [], [], [], []
+    for d in range(D):
+        wi, wh, bi, bh, wr = params.layer_weights(layer, d)
+        w_ih.append(wi)
+        w_hh_t.append(np.ascontiguousarray(wh.T))
+        w_hr_t.append(np.ascontiguousarray(wr.T) if wr is not None else np.empty((0, 0), dt))
+        bias.append(bi + bh if bi is not None else None)
+    w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
+    b_cat = None if bias[0] is None else np.concatenate(bias)
+    return w_ih_cat_t, b_cat, w_hh_t, w_hr_t
+
+
+def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
+    """Multi-layer forward. Returns ``y, h_n, c_n, state`` (``state`` is None unless training)."""
+    T, B, _ = x.shape
+    L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
+    dt = params.dtype
+    h_n = np.empty((L * D, B, P), dt)
+    c_n = np.empty((L * D, B, H), dt)
+    empty3 = np.empty((0, 0, 0), dt)
+    layer_in = x
+    saved = []
+    for layer in range(L):
+        w_ih_cat_t, b_cat, w_hh_t, w_hr_t = _prepare(params, layer)
+        xg = layer_in.reshape(T * B, -1) @ w_ih_cat_t
+        if b_cat is not None:
+            xg += b_cat
+        xg = xg.reshape(T, B, D * 4 * H)
+        y = np.empty((T, B, D * P), dt)
+        dirs = []
+        for d in range(D):
+            k = layer * D + d
+            gates = np.empty((T, B, 4 * H), dt) if training else empty3
+            cs = np.empty((T, B, H), dt) if training else empty3
+            recurrence_forward(xg, d * 4 * H, w_hh_t[d], w_hr_t[d], h0[k], c0[k], lengths,
+                               d == 1, y, d * P, h_n[k], c_n[k], gates, cs, training)
+            dirs.append((gates, cs))
+        del xg
+        if training:
+            saved.append(dict(x=layer_in, y=y, dirs=dirs))
+        layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
+    state = None
+    if training:
+        state = dict(params=params, layers=saved, h0=h0, c0=c0, lengths=lengths, masks=masks)
+    return layer_in, h_n, c_n, state
+
+
+def lstm_backward(state, dy, dh_n, dc_n):
+    """Full backward from a training ``state``. Returns ``dx, dh0, dc0, dparams``."""
+    params = state["params"]
+    L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
+    dt = params.dtype
+    lengths, masks, h0, c0 = state["lengths"], state["masks"], state["h0"], state["c0"]
+    T, B = dy.shape[0], dy.shape[1]
+    TB = T * B
+    dh0 = np.empty_like(dh_n)
+    dc0 = np.empty_like(dc_n)
+    dparams = {}
+    dy_layer = np.ascontiguousarray(dy)
+    has_proj = params.proj_size > 0
+    last_step = lengths - 1
+    batch = np.arange(B)
+    for layer in reversed(range(L)):
+        saved = state["layers"][layer]
+        x_l, y_l = saved["x"], saved["y"]
+        x2 = x_l.reshape(TB, -1)
+        dx = None
+        for d in range(D):
+            w_ih, w_hh, b_ih, _, w_hr = params.layer_weights(layer, d)
+            gates, cs = saved["dirs"][d]
+            k = layer * D + d
+            dgates = np.empty((T, B, 4 * H), dt)
+            dhp = np.empty((T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
+            w_hr_arg = w_hr if has_proj else np.empty((0, 0), dt)
+            recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k], w_hh,
+                                w_hr_arg, lengths, d == 1, dgates, dhp, dh0[k], dc0[k])
+            dg2 = dgates.reshape(TB, 4 * H)
+            s = f"_l{layer}{params.suffix(d)}"
+            dparams["weight_ih" + s] = dg2.T @ x2
+            # dW_hh = sum_t dgates_t^T h_prev_t. Outputs are exactly 0 past each sequence's
+            # end, so the shifted output sequence is h_prev everywhere except at the step that
+            # read h0 (forward: t = 0; reverse: each sequence's last valid step).
+            hs = y_l[:, :, d * P:(d + 1) * P]
+            if d == 0:
+                dw_hh = dgates[0].T @ h0[k]
+                if T > 1:
+                    dw_hh += dgates[1:].reshape(-1, 4 * H).T @ hs[:-1].reshape(-1, P)
+            else:
+                dw_hh = dgates[last_step, batch].T @ h0[k]
+                if T > 1:
+                    dw_hh += dgates[:-1].reshape(-1, 4 * H).T @ hs[1:].reshape(-1, P)
+            dparams["weight_hh" + s] = dw_hh
+            if b_ih is not None:
+                db = dg2.sum(axis=0)
+                dparams["bias_ih" + s] = db
+                dparams["bias_hh" + s] = db.copy()
+            if has_proj:
+                hh = gates[:, :, 3 * H:] * np.tanh(cs)  # o * tanh(c): 0 on padded steps
+                dparams["weight_hr" + s] = dhp.reshape(TB, P).T @ hh.reshape(TB, H)
+            if dx is None:
+                dx = dg2 @ w_ih
+            else:
+                dx += dg2 @ w_ih
+        dx = dx.reshape(x_l.shape)
+        if layer > 0 and masks is not None:
+            dx *= masks[layer - 1]
+        dy_layer = dx
+    ordered = {name: dparams[name] for name in params.keys()}
+    return dy_layer, dh0, dc0, ordered
