@@ -134,42 +134,33 @@ def _dropout_masks(params: LSTMParams, T: int, B: int, dropout: float, seed) -> 
 
 
 # ---------------------------------------------------------------------------- forward
-def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_first: bool = False,
-            training: bool = False, dropout: float = 0.0, seed=None,
-            device: str = "auto") -> ForwardResult:
-    """LSTM forward over a whole sequence, ``torch.nn.LSTM`` semantics.
+@dataclass(frozen=True)
+class PreparedInputs:
+    """Validated, time-major, C-contiguous inputs of the compute dtype (host arrays)."""
+    x: np.ndarray          # (T, B, I)
+    h0: np.ndarray         # (L*D, B, H_out)
+    c0: np.ndarray         # (L*D, B, H)
+    lengths: np.ndarray    # (B,) int64
+    masks: list | None     # L-1 arrays (T, B, D*H_out) or None
+    training: bool
+    batch_first: bool
+    unbatched: bool
+    x_shape: tuple         # x's shape as the caller gave it
 
-    Parameters
-    ----------
-    x : array (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched
-    params : LSTMParams
-    h0 : array (L*D, B, H_out) or (L*D, H_out), optional (zeros)
-    c0 : array (L*D, B, H) or (L*D, H), optional (zeros); needs ``h0``
-    lengths : int array (B,), optional
-        Valid steps of each sequence (packed-sequence semantics; outputs past the end are 0).
-    training : bool
-        Save what :func:`backward` needs (``result.cache``) and apply ``dropout``.
-    dropout : float in [0, 1]
-        Inter-layer dropout probability (training only), masks drawn from ``seed``.
-    device : "auto" | "cpu" | "cuda" | "reference"
 
-    Returns
-    -------
-    ForwardResult with ``y`` (x's layout, last dim D*H_out), ``h`` (L*D, B, H_out),
-    ``c`` (L*D, B, H) and ``cache`` (None unless ``training``).
-    """
-    params = _check_params(params)
-    dev = dispatch.resolve_device(device, x)
-    if dev == "cuda" and dispatch.is_gpu_array(x):
-        return dispatch.backend("cuda").forward_gpu(
-            x, params, h0, c0, lengths=lengths, batch_first=batch_first, training=training,
-            dropout=dropout, seed=seed)
+def check_training_and_dropout(training, dropout) -> float:
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
     if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating, np.integer)) \
-            or not (0.0 <= float(dropout) <= 1.0) or math.isnan(float(dropout)):
+            or math.isnan(float(dropout)) or not (0.0 <= float(dropout) <= 1.0):
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-    dropout = float(dropout)
+    return float(dropout)
+
+
+def prepare_host_inputs(x, params: LSTMParams, h0=None, c0=None, *, lengths=None,
+                        batch_first=False, training=False, dropout=0.0, seed=None) -> PreparedInputs:
+    """Validate host inputs (clear errors for every bad input) and normalise their layout."""
+    dropout = check_training_and_dropout(training, dropout)
 
     xa = _float_array(x, "x")
     if xa.ndim not in (2, 3):
@@ -205,18 +196,56 @@ def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_firs
     lens = _check_lengths(lengths, B, T)
 
     xc = _as_compute(xt, dt)
-    if training and np.shares_memory(xc, xa):
-        xc = xc.copy()  # the cache must own its input: the caller may reuse x
+    if training:  # the cache must own what it keeps: the caller may reuse x, h0, c0
+        if np.shares_memory(xc, xa):
+            xc = xc.copy()
+        if h0 is not None and np.shares_memory(h0a, np.asarray(h0)):
+            h0a = h0a.copy()
+        if c0 is not None and np.shares_memory(c0a, np.asarray(c0)):
+            c0a = c0a.copy()
     masks = _dropout_masks(params, T, B, dropout, seed) if training else None
+    return PreparedInputs(xc, h0a, c0a, lens, masks, bool(training), bool(batch_first),
+                          unbatched, tuple(x_shape))
 
+
+def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_first: bool = False,
+            training: bool = False, dropout: float = 0.0, seed=None,
+            device: str = "auto") -> ForwardResult:
+    """LSTM forward over a whole sequence, ``torch.nn.LSTM`` semantics.
+
+    Parameters
+    ----------
+    x : array (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched
+    params : LSTMParams
+    h0 : array (L*D, B, H_out) or (L*D, H_out), optional (zeros)
+    c0 : array (L*D, B, H) or (L*D, H), optional (zeros); needs ``h0``
+    lengths : int array (B,), optional
+        Valid steps of each sequence (packed-sequence semantics; outputs past the end are 0).
+    training : bool
+        Save what :func:`backward` needs (``result.cache``) and apply ``dropout``.
+    dropout : float in [0, 1]
+        Inter-layer dropout probability (training only), masks drawn from ``seed``.
+    device : "auto" | "cpu" | "cuda" | "reference"
+
+    Returns
+    -------
+    ForwardResult with ``y`` (x's layout, last dim D*H_out), ``h`` (L*D, B, H_out),
+    ``c`` (L*D, B, H) and ``cache`` (None unless ``training``).
+    """
+    params = _check_params(params)
+    dev = dispatch.resolve_device(device, x)
     if dev == "cuda":
-        return dispatch.backend("cuda").forward_host(
-            xc, params, h0a, c0a, lens, masks, bool(training), batch_first=batch_first,
-            unbatched=unbatched, x_shape=x_shape)
-
+        # The CUDA backend takes GPU arrays zero-copy and host arrays by copy; it validates
+        # with the same rules (see fastlstm.kernels.cuda.lstm.forward).
+        return dispatch.backend("cuda").forward(
+            x, params, h0, c0, lengths=lengths, batch_first=batch_first, training=training,
+            dropout=dropout, seed=seed)
+    prep = prepare_host_inputs(x, params, h0, c0, lengths=lengths, batch_first=batch_first,
+                               training=training, dropout=dropout, seed=seed)
     mod = dispatch.backend(dev)
-    y, h, c, state = mod.lstm_forward(xc, params, h0a, c0a, lens, masks, bool(training))
-    return _finish_forward(dev, y, h, c, state, batch_first, unbatched, x_shape, dt)
+    y, h, c, state = mod.lstm_forward(prep.x, params, prep.h0, prep.c0, prep.lengths, prep.masks,
+                                      prep.training)
+    return finish_forward(dev, y, h, c, state, prep)
 
 
 def _user_layout_y(y, batch_first, unbatched):
@@ -227,25 +256,23 @@ def _user_layout_y(y, batch_first, unbatched):
     return y
 
 
-def _finish_forward(dev, y, h, c, state, batch_first, unbatched, x_shape, dt) -> ForwardResult:
-    cache = None
-    if state is not None:
-        cache = LSTMCache(dev, state, batch_first, unbatched, tuple(x_shape), None, h.shape,
-                          c.shape, np.dtype(dt))
-    y_out = _user_layout_y(y, batch_first, unbatched)
+def finish_forward(dev, y, h, c, state, prep: PreparedInputs) -> ForwardResult:
+    """Wrap a backend's time-major outputs in the caller's layout (and the cache)."""
+    y_out = _user_layout_y(y, prep.batch_first, prep.unbatched)
     if state is not None and np.shares_memory(y_out, y):
         y_out = y_out.copy()  # the caller owns y; the cache keeps its own
-    if unbatched:
+    cache = None
+    if state is not None:
+        cache = LSTMCache(dev, state, prep.batch_first, prep.unbatched, prep.x_shape,
+                          tuple(y_out.shape), tuple(h.shape), tuple(c.shape), np.dtype(y.dtype))
+    if prep.unbatched:
         h, c = h[:, 0, :], c[:, 0, :]
-    if cache is not None:
-        object.__setattr__(cache, "y_shape", y_out.shape)
     return ForwardResult(y_out, h, c, cache)
 
 
 # ---------------------------------------------------------------------------- backward
-def _grad(a, name: str, shape: tuple, dt, time_major_shape: tuple | None = None,
-          batch_first: bool = False, unbatched: bool = False) -> np.ndarray:
-    """Validate a gradient given in the user's layout; return it time-major and batched."""
+def _grad(a, name: str, shape: tuple) -> np.ndarray:
+    """Validate a gradient given in the caller's layout."""
     arr = _float_array(a, name)
     if arr.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (the shape of the output), got {arr.shape}")
@@ -283,16 +310,16 @@ def backward(cache: LSTMCache, dy=None, dh=None, dc=None) -> BackwardResult:
         T = cache.x_shape[0] if (cache.unbatched or not cache.batch_first) else cache.x_shape[1]
         tm_y = np.zeros((T, B, cache.y_shape[-1]), dt)
     else:
-        dya = _grad(dy, "dy", cache.y_shape, dt)
+        dya = _grad(dy, "dy", cache.y_shape)
         if cache.unbatched:
             dya = dya[:, None, :]
         elif cache.batch_first:
             dya = dya.transpose(1, 0, 2)
         tm_y = _as_compute(dya, dt)
     dha = np.zeros(cache.h_shape, dt) if dh is None else _as_compute(
-        _grad(dh, "dh", user_h, dt).reshape(cache.h_shape), dt)
+        _grad(dh, "dh", user_h).reshape(cache.h_shape), dt)
     dca = np.zeros(cache.c_shape, dt) if dc is None else _as_compute(
-        _grad(dc, "dc", user_c, dt).reshape(cache.c_shape), dt)
+        _grad(dc, "dc", user_c).reshape(cache.c_shape), dt)
     mod = dispatch.backend(cache.device)
     dx, dh0, dc0, dparams = mod.lstm_backward(cache.state, tm_y, dha, dca)
     if cache.unbatched:
