@@ -77,8 +77,12 @@ def _float_array(a, name: str) -> np.ndarray:
 
 
 def _as_compute(arr: np.ndarray, dtype) -> np.ndarray:
-    """C-contiguous array of the compute dtype; a copy unless already exactly that."""
-    return np.ascontiguousarray(arr, dtype=dtype)
+    """Writable C-contiguous array of the compute dtype; a copy unless already exactly that.
+
+    (Read-only arrays are copied so the compiled kernels see one array type.)
+    """
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
 
 
 def _check_params(params) -> LSTMParams:
@@ -103,7 +107,8 @@ def _check_lengths(lengths, B: int, T: int) -> np.ndarray:
         raise ValueError(f"lengths must have shape ({B},) (one per sequence), got {arr.shape}")
     if arr.size and (arr.min() < 1 or arr.max() > T):
         raise ValueError(f"lengths must lie in 1..{T} (the sequence length), got min {arr.min()}, max {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    return out if out.flags.writeable else out.copy()
 
 
 def _check_state(a, name: str, shape: tuple, unbatched: bool) -> np.ndarray:

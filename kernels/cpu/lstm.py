@@ -21,19 +21,32 @@ __all__ = ["lstm_forward", "lstm_backward"]
 
 
 def _prepare(params, layer):
-    """Per layer: stacked, transposed weights in the layouts the kernels walk contiguously."""
+    """Per layer: stacked, transposed weights in the layouts the kernels walk contiguously.
+
+    LSTMParams holds read-only arrays, so the result is memoised on the params object.
+    """
+    memo = params.__dict__.setdefault("_cpu_prepared", {})
+    if layer not in memo:
+        memo[layer] = _prepare_uncached(params, layer)
+    return memo[layer]
+
+
+def _prepare_uncached(params, layer):
     D = params.num_directions
     dt = params.dtype
-    w_ih, w_hh_t, w_hr_t, bias = [], [], [], []
+    w_ih, w_hh, w_hh_t, w_hr, w_hr_t, bias = [], [], [], [], [], []
     for d in range(D):
         wi, wh, bi, bh, wr = params.layer_weights(layer, d)
         w_ih.append(wi)
+        w_hh.append(wh.copy())  # writable copies: one Numba specialisation per dtype
         w_hh_t.append(np.ascontiguousarray(wh.T))
+        w_hr.append(wr.copy() if wr is not None else np.empty((0, 0), dt))
         w_hr_t.append(np.ascontiguousarray(wr.T) if wr is not None else np.empty((0, 0), dt))
         bias.append(bi + bh if bi is not None else None)
     w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
     b_cat = None if bias[0] is None else np.concatenate(bias)
-    return w_ih_cat_t, b_cat, w_hh_t, w_hr_t
+    return dict(w_ih_cat_t=w_ih_cat_t, b_cat=b_cat, w_hh_t=w_hh_t, w_hr_t=w_hr_t, w_hh=w_hh,
+                w_hr=w_hr)
 
 
 def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
@@ -47,10 +60,11 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
     layer_in = x
     saved = []
     for layer in range(L):
-        w_ih_cat_t, b_cat, w_hh_t, w_hr_t = _prepare(params, layer)
-        xg = layer_in.reshape(T * B, -1) @ w_ih_cat_t
-        if b_cat is not None:
-            xg += b_cat
+        prep = _prepare(params, layer)
+        w_hh_t, w_hr_t = prep["w_hh_t"], prep["w_hr_t"]
+        xg = layer_in.reshape(T * B, -1) @ prep["w_ih_cat_t"]
+        if prep["b_cat"] is not None:
+            xg += prep["b_cat"]
         xg = xg.reshape(T, B, D * 4 * H)
         y = np.empty((T, B, D * P), dt)
         dirs = []
@@ -91,15 +105,16 @@ def lstm_backward(state, dy, dh_n, dc_n):
         x_l, y_l = saved["x"], saved["y"]
         x2 = x_l.reshape(TB, -1)
         dx = None
+        prep = _prepare(params, layer)
         for d in range(D):
-            w_ih, w_hh, b_ih, _, w_hr = params.layer_weights(layer, d)
+            w_ih, _, b_ih, _, _ = params.layer_weights(layer, d)
             gates, cs = saved["dirs"][d]
             k = layer * D + d
             dgates = np.empty((T, B, 4 * H), dt)
             dhp = np.empty((T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
-            w_hr_arg = w_hr if has_proj else np.empty((0, 0), dt)
-            recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k], w_hh,
-                                w_hr_arg, lengths, d == 1, dgates, dhp, dh0[k], dc0[k])
+            recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k],
+                                prep["w_hh"][d], prep["w_hr"][d], lengths, d == 1, dgates, dhp,
+                                dh0[k], dc0[k])
             dg2 = dgates.reshape(TB, 4 * H)
             s = f"_l{layer}{params.suffix(d)}"
             dparams["weight_ih" + s] = dg2.T @ x2
