@@ -1,0 +1,121 @@
+"""The compiled CPU kernels against the NumPy reference: every feature, both dtypes."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastlstm
+from fastlstm import reference
+from fastlstm.kernels.cpu import recurrence as cpu_rec
+from fastlstm.testing import assert_close
+
+from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
+
+GRID = [
+    Config(T=1, B=1, I=1, H=1),
+    Config(T=7, B=1, I=3, H=5),
+    Config(T=6, B=4, I=5, H=8, lengths=True),
+    Config(T=5, B=3, I=4, H=6, bidirectional=True),
+    Config(T=6, B=5, I=4, H=6, bidirectional=True, lengths=True),
+    Config(T=5, B=3, I=4, H=7, proj=3),
+    Config(T=6, B=4, I=4, H=7, proj=3, bidirectional=True, lengths=True),
+    Config(T=4, B=3, I=5, H=6, L=3, bidirectional=True, proj=2, lengths=True),
+    Config(T=5, B=2, I=4, H=6, L=2, bias=False),
+    Config(T=5, B=2, I=4, H=6, L=2, given_state=False, lengths=True),
+    Config(T=20, B=9, I=16, H=32, L=2, bidirectional=True, lengths=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cfg", GRID, ids=str)
+def test_cpu_matches_reference(cfg, dtype):
+    p = make_problem(cfg, dtype, seed=3)
+    before = snapshot(p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
+    f_ref, b_ref = run(p, "reference")
+    f_cpu, b_cpu = run(p, "cpu")
+    compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
+    assert f_cpu.y.dtype == np.dtype(dtype) and b_cpu.dx.dtype == np.dtype(dtype)
+    assert_unchanged(before, p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
+    if cfg.lengths:
+        for b, n in enumerate(p.lengths):
+            assert np.all(f_cpu.y[n:, b] == 0.0)
+            assert np.all(b_cpu.dx[n:, b] == 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cfg", GRID[:8], ids=str)
+def test_cpu_inference_matches_training_bitwise(cfg, dtype):
+    p = make_problem(cfg, dtype, seed=4)
+    a = fastlstm.forward(p.x, p.params, p.h0, p.c0, lengths=p.lengths, device="cpu")
+    b = fastlstm.forward(p.x, p.params, p.h0, p.c0, lengths=p.lengths, device="cpu", training=True)
+    assert a.cache is None and b.cache is not None
+    for name in ("y", "h", "c"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(T=st.integers(1, 8), B=st.integers(1, 5), I=st.integers(1, 6), H=st.integers(1, 9),
+       L=st.integers(1, 2), bi=st.booleans(), proj=st.integers(0, 4), bias=st.booleans(),
+       lengths=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16))
+def test_cpu_matches_reference_hypothesis(T, B, I, H, L, bi, proj, bias, lengths, dtype, seed):
+    proj = proj if proj < H else 0
+    cfg = Config(T=T, B=B, I=I, H=H, L=L, bidirectional=bi, proj=proj, bias=bias, lengths=lengths)
+    p = make_problem(cfg, dtype, seed=seed)
+    f_ref, b_ref = run(p, "reference")
+    f_cpu, b_cpu = run(p, "cpu")
+    compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("proj", [0, 3])
+def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
+    """Call the kernels directly with NaN-poisoned outputs: every element must be written."""
+    rng = np.random.default_rng(7)
+    T, B, H, D = 6, 4, 5, 2
+    P = proj or H
+    d = 1 if reverse else 0
+    xg = rng.standard_normal((T, B, D * 4 * H)).astype(dtype)
+    w_hh = rng.standard_normal((4 * H, P)).astype(dtype) * 0.4
+    w_hr = rng.standard_normal((P, H)).astype(dtype) * 0.4 if proj else None
+    h0 = rng.standard_normal((B, P)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype)
+    lengths = np.array([6, 1, 3, 5], dtype=np.int64)
+    inputs = snapshot(xg, w_hh, h0, c0, lengths)
+
+    y = np.full((T, B, D * P), np.nan, dtype)
+    h_n = np.full((B, P), np.nan, dtype)
+    c_n = np.full((B, H), np.nan, dtype)
+    gates = np.full((T, B, 4 * H), np.nan, dtype)
+    cs = np.full((T, B, H), np.nan, dtype)
+    w_hr_t = np.ascontiguousarray(w_hr.T) if proj else np.empty((0, 0), dtype)
+    cpu_rec.recurrence_forward(xg, d * 4 * H, np.ascontiguousarray(w_hh.T), w_hr_t, h0, c0,
+                               lengths, reverse, y, d * P, h_n, c_n, gates, cs, True)
+    assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
+    assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
+    ours = y[:, :, d * P:(d + 1) * P]
+    hs, h_ref, c_ref, g_ref, cs_ref = reference.recurrence_forward(
+        xg[:, :, d * 4 * H:(d + 1) * 4 * H], w_hh, w_hr, h0, c0, lengths, reverse)
+    for a, b in [(ours, hs), (h_n, h_ref), (c_n, c_ref), (gates, g_ref), (cs, cs_ref)]:
+        assert np.all(np.isfinite(a))
+        assert_close(a, b, dtype, "forward")
+
+    dy = rng.standard_normal((T, B, D * P)).astype(dtype)
+    dh_n = rng.standard_normal((B, P)).astype(dtype)
+    dc_n = rng.standard_normal((B, H)).astype(dtype)
+    dgates = np.full((T, B, 4 * H), np.nan, dtype)
+    dhp = np.full((T, B, P), np.nan, dtype) if proj else np.empty((0, 0, 0), dtype)
+    dh0 = np.full((B, P), np.nan, dtype)
+    dc0 = np.full((B, H), np.nan, dtype)
+    cpu_rec.recurrence_backward(dy, d * P, gates, cs, c0, dh_n, dc_n, w_hh,
+                                w_hr if proj else np.empty((0, 0), dtype), lengths, reverse,
+                                dgates, dhp, dh0, dc0)
+    dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
+        dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
+        reverse)
+    for a, b in [(dgates, dg_ref), (dh0, dh0_ref), (dc0, dc0_ref)]:
+        assert np.all(np.isfinite(a))
+        assert_close(a, b, dtype, "grad")
+    if proj:
+        assert np.all(np.isfinite(dhp))
