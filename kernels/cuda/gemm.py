@@ -1,0 +1,204 @@
+"""The big GEMMs of the GPU backend: ``C (+)= op(A) @ op(B) (+ bias)``.
+
+Two implementations behind :func:`matmul`:
+
+* ``"numba"``: a tiled numba.cuda kernel. Each block computes a ``BM x BN`` tile of C from
+  ``BK``-deep shared-memory tiles of A and B; each thread accumulates ``TM x TN`` outputs in
+  registers (rows ``ty + i*BM/TM``, columns ``tx + j*BN/TN``, so global writes are coalesced).
+  Real GPU: 64x64x16 tiles, 4x4 per thread (256 threads). Simulator: 8x8x4 tiles, 2x2 per
+  thread (the same code with smaller constants; the simulator runs a Python thread per GPU thread).
+* ``"cupy"``: cuBLAS through CuPy (zero-copy views of the same device memory).
+
+Selection: ``GEMM_BACKEND`` (module attribute; initial value from the environment variable
+``FASTLSTM_CUDA_GEMM``): ``"auto"`` (CuPy when importable and not simulating, else numba),
+``"numba"`` or ``"cupy"``.
+
+Shapes: ``C`` (M, N); ``A`` (M, K), or (K, M) with ``trans_a``; ``B`` (K, N), or (N, K) with
+``trans_b``; ``bias`` (N,). Any strides (column slices of a wider matrix are fine).
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda, float32
+
+from .recurrence import _simulating
+
+GEMM_BACKEND = os.environ.get("FASTLSTM_CUDA_GEMM", "auto")
+
+_ZERO = np.float32(0.0)
+
+
+def _make_gemm(BM, BN, BK, TM, TN):
+    NTX = BN // TN
+    NTY = BM // TM
+    NT = NTX * NTY
+
+    @cuda.jit
+    def gemm(A, B, C, bias, trans_a, trans_b, accumulate, has_bias):
+        M = C.shape[0]
+        N = C.shape[1]
+        K = A.shape[0] if trans_a else A.shape[1]
+        sA = cuda.shared.array((BK, BM), dtype=float32)
+        sB = cuda.shared.array((BK, BN), dtype=float32)
+        acc = cuda.local.array((TM, TN), dtype=float32)
+        ra = cuda.local.array(TM, dtype=float32)
+        rb = cuda.local.array(TN, dtype=float32)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * NTX + tx
+        m0 = cuda.blockIdx.y * BM
+        n0 = cuda.blockIdx.x * BN
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = _ZERO
+        for k0 in range(0, K, BK):
+            for idx in range(tid, BM * BK, NT):
+                if trans_a:  # A stored (K, M): consecutive threads walk m
+                    kk = idx // BM
+                    r = idx % BM
+                else:
+                    r = idx // BK
+                    kk = idx % BK
+                m = m0 + r
+                k = k0 + kk
+                v = _ZERO
+                if m < M and k < K:
+                    if trans_a:
+                        v = A[k, m]
+                    else:
+                        v = A[m, k]
+                sA[kk, r] = v
+            for idx in range(tid, BN * BK, NT):
+                if trans_b:  # B stored (N, K)
+                    cc = idx // BK
+                    kk = idx % BK
+                else:
+                    kk = idx // BN
+                    cc = idx % BN
+                n = n0 + cc
+                k = k0 + kk
+                v = _ZERO
+                if n < N and k < K:
+                    if trans_b:
+                        v = B[n, k]
+                    else:
+                        v = B[k, n]
+                sB[kk, cc] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    ra[i] = sA[kk, ty + i * NTY]
+                for j in range(TN):
+                    rb[j] = sB[kk, tx + j * NTX]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ra[i] * rb[j]
+            cuda.syncthreads()
+        for i in range(TM):
+            m = m0 + ty + i * NTY
+            if m < M:
+                for j in range(TN):
+                    n = n0 + tx + j * NTX
+                    if n < N:
+                        v = acc[i, j]
+                        if has_bias:
+                            v += bias[n]
+                        if accumulate:
+                            v += C[m, n]
+                        C[m, n] = v
+
+    return gemm, (NTX, NTY), (BM, BN)
+
+
+@lru_cache(maxsize=None)
+def _gemm_kernel(sim: bool):
+    return _make_gemm(8, 8, 4, 2, 2) if sim else _make_gemm(64, 64, 16, 4, 4)
+
+
+@cuda.jit
+def colsum(A, out):
+    """``out[n] += sum_m A[m, n]`` (out must start at 0). Block (32, ny); grid (ceil(N/32), gy)."""
+    n = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if n >= A.shape[1]:
+        return
+    acc = _ZERO
+    step = cuda.gridDim.y * cuda.blockDim.y
+    for m in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, A.shape[0], step):
+        acc += A[m, n]
+    cuda.atomic.add(out, n, acc)
+
+
+def column_sums(A):
+    """Sums over the rows of a 2-D device array: a new (N,) float32 device array."""
+    M, N = A.shape
+    out = cuda.to_device(np.zeros(N, np.float32))
+    if _simulating():
+        colsum[(1, 1), (N, 1)](A, out)
+    else:
+        gy = max(1, min(64, (M + 255) // 256))
+        colsum[((N + 31) // 32, gy), (32, 8)](A, out)
+    return out
+
+
+def _cupy():
+    try:
+        import cupy
+    except Exception:  # ImportError, or a CuPy without a usable CUDA runtime
+        return None
+    return cupy
+
+
+def backend() -> str:
+    """The GEMM implementation :func:`matmul` uses now: ``"numba"`` or ``"cupy"``."""
+    choice = GEMM_BACKEND
+    if choice not in ("auto", "numba", "cupy"):
+        raise ValueError(f"GEMM_BACKEND must be 'auto', 'numba' or 'cupy', got {choice!r}")
+    if choice == "numba":
+        return "numba"
+    if _simulating():
+        if choice == "cupy":
+            raise RuntimeError("the CuPy GEMM path needs a real GPU (NUMBA_ENABLE_CUDASIM is set)")
+        return "numba"
+    if _cupy() is None:
+        if choice == "cupy":
+            raise RuntimeError("GEMM_BACKEND='cupy' but CuPy is not importable (pip install cupy-cuda12x)")
+        return "numba"
+    return "cupy"
+
+
+def matmul(A, B, C, *, trans_a=False, trans_b=False, bias=None, accumulate=False):
+    """``C (+)= op(A) @ op(B) (+ bias)`` on device arrays (see the module docstring for shapes)."""
+    M, N = C.shape
+    K = A.shape[0] if trans_a else A.shape[1]
+    if ((A.shape[1] if trans_a else A.shape[0]) != M or (B.shape[0] if trans_b else B.shape[1]) != N
+            or (B.shape[1] if trans_b else B.shape[0]) != K):
+        raise ValueError(f"matmul shapes do not match: A {A.shape} (trans {trans_a}), "
+                         f"B {B.shape} (trans {trans_b}), C {C.shape}")
+    if M == 0 or N == 0:
+        return C
+    if backend() == "cupy":
+        cp = _cupy()
+        a = cp.asarray(A)
+        b = cp.asarray(B)
+        c = cp.asarray(C)
+        if trans_a:
+            a = a.T
+        if trans_b:
+            b = b.T
+        if accumulate:
+            c += a @ b
+        else:
+            cp.matmul(a, b, out=c)
+        if bias is not None:
+            c += cp.asarray(bias)
+        return C
+    kern, (ntx, nty), (bm, bn) = _gemm_kernel(_simulating())
+    has_bias = bias is not None
+    if not has_bias:
+        bias = C[0]  # placeholder, never read
+    grid = ((N + bn - 1) // bn, (M + bm - 1) // bm)
+    kern[grid, (ntx, nty)](A, B, C, bias, bool(trans_a), bool(trans_b), bool(accumulate), has_bias)
+    return C
