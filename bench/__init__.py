@@ -1,0 +1,1 @@
+"""pytest-benchmark suites of fastlstm (run with ``pytest bench``; see bench/conftest.py)."""
