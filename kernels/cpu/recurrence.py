@@ -4,16 +4,18 @@ Gate order ``i, f, g, o`` (PyTorch's). Shapes, for one layer and one direction::
 
     xg       (T, B, D*4H)  input projection of all steps, biases included; this direction's
                            gates are columns [xg_off, xg_off + 4H)
-    w_hh_t   (H_out, 4H)   W_hh transposed, so the step's product h @ w_hh_t walks rows contiguously
+    w_hh_t   (H_out, 4H)   W_hh transposed: row k holds every gate's weight on h[k]
     w_hr_t   (H, P)        W_hr transposed (shape (0, 0) when there is no projection)
     h0, c0   (B, H_out), (B, H)
     lengths  (B,) int64    valid steps per sequence (1..T)
     y        (T, B, D*H_out) layer output; this direction writes columns [y_off, y_off + H_out)
 
-Each step: ``z = h @ W_hh^T`` (one small GEMM for the whole batch), then one fused pass over
-``(b, j)`` adds the input projection, applies the activations and updates c and h in place.
-Steps past a sequence's end leave its state unchanged and write 0 to ``y``, which gives
-packed-sequence semantics for both directions with one shared time loop.
+Each step: ``z = xg[t] + h @ W_hh^T`` — for small batches a register-blocked loop that reads
+each row of ``w_hh_t`` once for the whole batch (a BLAS call costs more than the product
+itself there), for large batches BLAS — then one fused, branch-free, vectorised pass over
+each sequence's row applies the activations and updates c and h in place. Steps past a
+sequence's end leave its state unchanged and write 0 to ``y``, which gives packed-sequence
+semantics for both directions with one shared time loop.
 
 Training mode saves, per step and sequence, the activated gates (4H) and the cell state (H):
 everything backward needs besides the layer's input and output (which the caller keeps).
@@ -23,7 +25,45 @@ from numba import njit
 
 from .activations import sigmoid, tanh
 
-_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+
+#: From this batch size on, the per-step products go to BLAS (measured: bench/NOTES.md).
+BLAS_MIN_BATCH = 16
+
+
+@njit(**_OPTS)
+def _matmul(a, w, out, use_blas):
+    """``out = a @ w`` for a (B, K), w (K, N), all C-contiguous."""
+    if use_blas:
+        np.dot(a, w, out)
+        return
+    B, K = a.shape
+    N = w.shape[1]
+    out[:, :] = 0.0
+    for k in range(K):
+        wk = w[k]
+        for b in range(B):
+            abk = a[b, k]
+            ob = out[b]
+            for n in range(N):
+                ob[n] += abk * wk[n]
+
+
+@njit(**_OPTS)
+def _cell_forward(zb, cb, hhb, H):
+    """Activate one sequence's gates in place (zb: 4H) and update its c (cb) and o*tanh(c)."""
+    for j in range(H):
+        gi = sigmoid(zb[j])
+        gf = sigmoid(zb[H + j])
+        gg = tanh(zb[2 * H + j])
+        go = sigmoid(zb[3 * H + j])
+        cn = gf * cb[j] + gi * gg
+        zb[j] = gi
+        zb[H + j] = gf
+        zb[2 * H + j] = gg
+        zb[3 * H + j] = go
+        cb[j] = cn
+        hhb[j] = go * tanh(cn)
 
 
 @njit(**_OPTS)
@@ -32,51 +72,68 @@ def recurrence_forward(xg, xg_off, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
     T, B = xg.shape[0], xg.shape[1]
     H = c0.shape[1]
     P = h0.shape[1]
+    G = 4 * H
     has_proj = w_hr_t.shape[0] > 0
+    use_blas = B >= BLAS_MIN_BATCH
     h = h0.copy()
     c = c0.copy()
-    z = np.empty((B, 4 * H), dtype=xg.dtype)
+    z = np.empty((B, G), dtype=xg.dtype)
     hh = np.empty((B, H), dtype=xg.dtype)  # o * tanh(c) before the projection
     hp = np.empty((B, P), dtype=xg.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        np.dot(h, w_hh_t, z)
+        _matmul(h, w_hh_t, z, use_blas)
+        for b in range(B):
+            zb = z[b]
+            xb = xg[t, b, xg_off:xg_off + G]
+            for g in range(G):
+                zb[g] += xb[g]
         for b in range(B):
             if t < lengths[b]:
-                for j in range(H):
-                    gi = sigmoid(z[b, j] + xg[t, b, xg_off + j])
-                    gf = sigmoid(z[b, H + j] + xg[t, b, xg_off + H + j])
-                    gg = tanh(z[b, 2 * H + j] + xg[t, b, xg_off + 2 * H + j])
-                    go = sigmoid(z[b, 3 * H + j] + xg[t, b, xg_off + 3 * H + j])
-                    cn = gf * c[b, j] + gi * gg
-                    c[b, j] = cn
-                    hh[b, j] = go * tanh(cn)
-                    if training:
-                        gates_out[t, b, j] = gi
-                        gates_out[t, b, H + j] = gf
-                        gates_out[t, b, 2 * H + j] = gg
-                        gates_out[t, b, 3 * H + j] = go
-                        c_out[t, b, j] = cn
+                _cell_forward(z[b], c[b], hh[b], H)
+                if training:
+                    gates_out[t, b, :] = z[b]
+                    c_out[t, b, :] = c[b]
             else:
                 hh[b, :] = 0.0
                 if training:
                     gates_out[t, b, :] = 0.0
                     c_out[t, b, :] = 0.0
         if has_proj:
-            np.dot(hh, w_hr_t, hp)
+            _matmul(hh, w_hr_t, hp, use_blas)
             src = hp
         else:
             src = hh
         for b in range(B):
+            yb = y[t, b, y_off:y_off + P]
             if t < lengths[b]:
+                sb = src[b]
+                hb = h[b]
                 for k in range(P):
-                    h[b, k] = src[b, k]
-                    y[t, b, y_off + k] = src[b, k]
+                    hb[k] = sb[k]
+                    yb[k] = sb[k]
             else:
-                for k in range(P):
-                    y[t, b, y_off + k] = 0.0
+                yb[:] = 0.0
     h_n[:, :] = h
     c_n[:, :] = c
+
+
+@njit(**_OPTS)
+def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H):
+    """One sequence's step: gate gradients (dzb: 4H) from d(h) (dhb) and the carried dc (dcb)."""
+    for j in range(H):
+        gi = gb[j]
+        gf = gb[H + j]
+        gg = gb[2 * H + j]
+        go = gb[3 * H + j]
+        tc = tanh(cb[j])
+        d_h = dhb[j]
+        dct = dcb[j] + d_h * go * (1.0 - tc * tc)
+        dzb[j] = dct * gg * gi * (1.0 - gi)
+        dzb[H + j] = dct * cpb[j] * gf * (1.0 - gf)
+        dzb[2 * H + j] = dct * gi * (1.0 - gg * gg)
+        dzb[3 * H + j] = d_h * tc * go * (1.0 - go)
+        dcb[j] = dct * gf
 
 
 @njit(**_OPTS)
@@ -85,16 +142,17 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
     """Backward through one direction of one layer.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
-    at ``dy_off``); ``w_hh`` (4H, H_out) and ``w_hr`` (P, H) are untransposed. Writes
-    ``dgates`` (T, B, 4H), the gradient of the pre-activation gates (0 on padded steps),
-    ``dhp_out`` (T, B, P), the gradient of each step's projected output (only with a
-    projection; else shape (0, 0, 0)), and ``dh0``, ``dc0``. The weight gradients and dx are
-    whole-sequence GEMMs done by the caller.
+    at ``dy_off``); ``w_hh`` (4H, H_out) and ``w_hr`` (P, H) are untransposed, so both per-step
+    products walk their rows contiguously. Writes ``dgates`` (T, B, 4H), the gradient of the
+    pre-activation gates (0 on padded steps), ``dhp_out`` (T, B, P), the gradient of each
+    step's projected output (only with a projection; else shape (0, 0, 0)), and ``dh0``,
+    ``dc0``. The weight gradients and dx are whole-sequence GEMMs done by the caller.
     """
     T, B = gates.shape[0], gates.shape[1]
     H = cs.shape[2]
     P = dh_n.shape[1]
     has_proj = w_hr.shape[0] > 0
+    use_blas = B >= BLAS_MIN_BATCH
     dh = dh_n.copy()
     dc = dc_n.copy()
     dhp = np.empty((B, P), dtype=gates.dtype)
@@ -103,41 +161,31 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
+            dpb = dhp[b]
             if t < lengths[b]:
+                dyb = dy[t, b, dy_off:dy_off + P]
+                dhb = dh[b]
                 for k in range(P):
-                    dhp[b, k] = dy[t, b, dy_off + k] + dh[b, k]
+                    dpb[k] = dyb[k] + dhb[k]
             else:
-                dhp[b, :] = 0.0
+                dpb[:] = 0.0
         if has_proj:
             dhp_out[t, :, :] = dhp
-            np.dot(dhp, w_hr, dhh)
+            _matmul(dhp, w_hr, dhh, use_blas)
             src = dhh
         else:
             src = dhp
+        dgt = dgates[t]
         for b in range(B):
             if t < lengths[b]:
                 first = (t == lengths[b] - 1) if reverse else (t == 0)
-                prev = t + 1 if reverse else t - 1
-                for j in range(H):
-                    gi = gates[t, b, j]
-                    gf = gates[t, b, H + j]
-                    gg = gates[t, b, 2 * H + j]
-                    go = gates[t, b, 3 * H + j]
-                    tc = tanh(cs[t, b, j])
-                    c_prev = c0[b, j] if first else cs[prev, b, j]
-                    d_h = src[b, j]
-                    dct = dc[b, j] + d_h * go * (1.0 - tc * tc)
-                    dgates[t, b, j] = dct * gg * gi * (1.0 - gi)
-                    dgates[t, b, H + j] = dct * c_prev * gf * (1.0 - gf)
-                    dgates[t, b, 2 * H + j] = dct * gi * (1.0 - gg * gg)
-                    dgates[t, b, 3 * H + j] = d_h * tc * go * (1.0 - go)
-                    dc[b, j] = dct * gf
+                cprev = c0[b] if first else (cs[t + 1, b] if reverse else cs[t - 1, b])
+                _cell_backward(dgt[b], gates[t, b], cs[t, b], cprev, src[b], dc[b], H)
             else:
-                dgates[t, b, :] = 0.0
-        np.dot(dgates[t], w_hh, dh_new)
+                dgt[b, :] = 0.0
+        _matmul(dgt, w_hh, dh_new, use_blas)
         for b in range(B):
             if t < lengths[b]:
-                for k in range(P):
-                    dh[b, k] = dh_new[b, k]
+                dh[b, :] = dh_new[b]
     dh0[:, :] = dh
     dc0[:, :] = dc
