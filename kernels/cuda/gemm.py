@@ -35,14 +35,16 @@ def _make_gemm(BM, BN, BK, TM, TN):
     NTX = BN // TN
     NTY = BM // TM
     NT = NTX * NTY
+    PA = BM + 1  # padded rows: the transposing tile stores hit distinct banks
+    PB = BN + 1
 
     @cuda.jit
     def gemm(A, B, C, bias, trans_a, trans_b, accumulate, has_bias):
         M = C.shape[0]
         N = C.shape[1]
         K = A.shape[0] if trans_a else A.shape[1]
-        sA = cuda.shared.array((BK, BM), dtype=float32)
-        sB = cuda.shared.array((BK, BN), dtype=float32)
+        sA = cuda.shared.array((BK, PA), dtype=float32)
+        sB = cuda.shared.array((BK, PB), dtype=float32)
         acc = cuda.local.array((TM, TN), dtype=float32)
         ra = cuda.local.array(TM, dtype=float32)
         rb = cuda.local.array(TN, dtype=float32)

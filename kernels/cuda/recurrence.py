@@ -56,7 +56,10 @@ def _sigmoid(z):
 
 
 def _simulating() -> bool:
-    from numba.cuda.core import config
+    try:
+        from numba.cuda.core import config  # numba-cuda >= 0.2x
+    except ImportError:  # pragma: no cover - older layouts read numba's config
+        from numba.core import config
     return bool(config.ENABLE_CUDASIM)
 
 
@@ -425,6 +428,8 @@ class PersistentPlan:
 
 #: Shared memory a persistent block may use without opting in to more (bytes).
 PERSISTENT_SMEM_LIMIT = 48 * 1024
+#: Why the last :func:`plan_persistent` found no plan (None when it found one).
+persistent_unavailable_reason = None
 
 
 def plan_persistent(args, D, B, H, P):
@@ -437,6 +442,8 @@ def plan_persistent(args, D, B, H, P):
     directions in one launch when they fit together, else one launch per direction.
     Simulator: one block (the simulator's grid barrier only spans one block), ``JB = KS = 2``.
     """
+    global persistent_unavailable_reason
+    persistent_unavailable_reason = None
     if _simulating():
         JB, KS = 2, 2
         NV = D * ((H + JB - 1) // JB)
@@ -445,6 +452,7 @@ def plan_persistent(args, D, B, H, P):
     try:
         dev = cuda.get_current_device()
         if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
+            persistent_unavailable_reason = "the GPU does not support cooperative launch"
             return None
         (xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths, has_proj, training) = args
         spec = persistent_forward.specialize(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs,
@@ -463,8 +471,12 @@ def plan_persistent(args, D, B, H, P):
                     if blocks <= kern.max_cooperative_grid_blocks(nt, smem):
                         launches = [(d0, split, spec, blocks, nt, smem) for d0 in range(0, D, split)]
                         return PersistentPlan(JB, KS, NV, launches)
-    except Exception:  # pragma: no cover - driver without cooperative launch support
+    except Exception as exc:  # pragma: no cover - e.g. no cudadevrt to link the grid barrier
+        persistent_unavailable_reason = f"{type(exc).__name__}: {exc}"
         return None
+    persistent_unavailable_reason = (
+        f"W_hh ({D} x {4 * H} x {P} float32) does not fit in the shared memory of one co-resident "
+        f"cooperative grid ({PERSISTENT_SMEM_LIMIT} bytes per block)")
     return None
 
 
@@ -488,8 +500,8 @@ def recurrence_forward(xg, w_hh_t, w_hr_t, h0, c0, lengths, y, h_n, c_n, gates, 
         plan = plan_persistent((xg, w_hh_t, w_hr_t, hbuf, c_n, hh, y, gates, cs, lengths,
                                 has_proj, training), D, B, H, P)
         if plan is None and path == "persistent":
-            raise RuntimeError("the persistent recurrence kernel cannot run here (no cooperative "
-                               "launch, or W_hh does not fit in the co-resident blocks' shared memory)")
+            raise RuntimeError("the persistent recurrence kernel cannot run here: "
+                               f"{persistent_unavailable_reason}")
         if plan is not None:
             hbuf[0].copy_to_device(h0)
             for d_first, nd, kern, grid, nt, smem in plan.launches:
