@@ -35,7 +35,8 @@ import numpy as np
 
 from fastlstm import api, dispatch
 
-__all__ = ["forward", "backward", "RECURRENCE", "PERSISTENT_MAX_BATCH", "last_paths"]
+__all__ = ["forward", "backward", "lstm_forward", "lstm_backward", "RECURRENCE",
+           "PERSISTENT_MAX_BATCH", "last_paths"]
 
 RECURRENCE = os.environ.get("FASTLSTM_CUDA_RECURRENCE", "auto")
 PERSISTENT_MAX_BATCH = 16
@@ -346,6 +347,29 @@ def lstm_backward_device(state, dy, dh_n, dc_n):
         dy_layer = dx
     ordered = {name: dparams[name] for name in params.keys()}
     return dy_layer, dh0, dc0, ordered
+
+
+def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
+    """The backend contract of ``fastlstm.dispatch`` on normalised host arrays (as the CPU
+    backend's ``lstm_forward``): NumPy in, NumPy ``y, h_n, c_n`` out, plus a device ``state``."""
+    params = _check_params_f32(params)
+    cuda = _cuda()
+    f = lambda a: cuda.to_device(np.ascontiguousarray(a, dtype=_F32))  # noqa: E731
+    dmasks = None if masks is None else [f(m) for m in masks]
+    y, h, c, state = lstm_forward_device(f(x), params, f(h0), f(c0),
+                                         cuda.to_device(np.ascontiguousarray(lengths, np.int64)),
+                                         dmasks, bool(training))
+    if state is not None:
+        state["gpu_io"] = False
+    return y.copy_to_host(), h.copy_to_host(), c.copy_to_host(), state
+
+
+def lstm_backward(state, dy, dh_n, dc_n):
+    """The backend contract's ``lstm_backward`` on normalised host arrays: NumPy out."""
+    cuda = _cuda()
+    f = lambda a: cuda.to_device(np.ascontiguousarray(a, dtype=_F32))  # noqa: E731
+    dx, dh0, dc0, dparams = lstm_backward_device(state, f(dy), f(dh_n), f(dc_n))
+    return dx.copy_to_host(), dh0.copy_to_host(), dc0.copy_to_host(), dparams
 
 
 # ---------------------------------------------------------------------------- API entry points

@@ -163,6 +163,21 @@ def test_dropout_masks_match_cpu_backend(cuda_lstm):
     _check(res, grads, _reference(params, x, h0, c0, lens, dy, dh, dc, masks=masks), "dropout")
 
 
+def test_backend_contract_functions(cuda_lstm):
+    """``lstm_forward`` / ``lstm_backward`` on normalised host arrays (the dispatch contract)."""
+    cuda_lstm.RECURRENCE = "multi"
+    params, x, h0, c0, lens, dy, dh, dc = _problem(9, 3, 2, 3, 4, 1, 1, 0, True, [3, 1])
+    y, h, c, state = cuda_lstm.lstm_forward(x, params, h0, c0, lens, None, True)
+    dx, dh0, dc0, dp = cuda_lstm.lstm_backward(state, dy, dh, dc)
+    ref = _reference(params, x, h0, c0, lens, dy, dh, dc)
+    for name, a in (("y", y), ("h", h), ("c", c)):
+        assert_close(a, ref[name], F32, "forward", name)
+    for name, a in (("dx", dx), ("dh0", dh0), ("dc0", dc0)):
+        assert_close(a, ref[name], F32, "grad", name)
+    for name, g in dp.items():
+        assert_close(g, ref["d_" + name], F32, "grad", name)
+
+
 # ---------------------------------------------------------------------------- errors
 def test_float64_params_are_refused():
     from numba import cuda
