@@ -90,13 +90,14 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     gates = np.full((T, B, 4 * H), np.nan, dtype)
     cs = np.full((T, B, H), np.nan, dtype)
     w_hr_t = np.ascontiguousarray(w_hr.T) if proj else np.empty((0, 0), dtype)
-    cpu_rec.recurrence_forward(xg, d * 4 * H, np.ascontiguousarray(w_hh.T), w_hr_t, h0, c0,
+    bias = rng.standard_normal(4 * H).astype(dtype)
+    cpu_rec.recurrence_forward(xg, d * 4 * H, bias, np.ascontiguousarray(w_hh.T), w_hr_t, h0, c0,
                                lengths, reverse, y, d * P, h_n, c_n, gates, cs, True)
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
     hs, h_ref, c_ref, g_ref, cs_ref = reference.recurrence_forward(
-        xg[:, :, d * 4 * H:(d + 1) * 4 * H], w_hh, w_hr, h0, c0, lengths, reverse)
+        xg[:, :, d * 4 * H:(d + 1) * 4 * H] + bias, w_hh, w_hr, h0, c0, lengths, reverse)
     for a, b in [(ours, hs), (h_n, h_ref), (c_n, c_ref), (gates, g_ref), (cs, cs_ref)]:
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "forward")

@@ -6,7 +6,8 @@ layer in ``fastlstm.api`` does all validation and layout conversion)::
     x (T, B, I)  h0 (L*D, B, H_out)  c0 (L*D, B, H)  lengths (B,) int64
     masks: None or L-1 arrays (T, B, D*H_out), inter-layer dropout already scaled
 
-Phase 1 (per layer): one GEMM ``(T*B, I) x (I, D*4H)`` for both directions, plus both biases.
+Phase 1 (per layer): one GEMM ``(T*B, I) x (I, D*4H)`` for both directions (the biases are
+added inside the recurrence's fused loop, saving a pass over the projection).
 Phase 2 (per direction): ``recurrence_forward`` / ``recurrence_backward``, compiled loops over time.
 Phase 3 (backward, per direction): ``dW_ih``, ``dW_hh``, ``dW_hr``, ``db`` and ``dx`` as
 whole-sequence GEMMs.
@@ -42,10 +43,10 @@ def _prepare_uncached(params, layer):
         w_hh_t.append(np.ascontiguousarray(wh.T))
         w_hr.append(wr.copy() if wr is not None else np.empty((0, 0), dt))
         w_hr_t.append(np.ascontiguousarray(wr.T) if wr is not None else np.empty((0, 0), dt))
-        bias.append(bi + bh if bi is not None else None)
+        # b_ih + b_hh, added inside the recurrence's fused loop (zeros without biases)
+        bias.append(bi + bh if bi is not None else np.zeros(wh.shape[0], dt))
     w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
-    b_cat = None if bias[0] is None else np.concatenate(bias)
-    return dict(w_ih_cat_t=w_ih_cat_t, b_cat=b_cat, w_hh_t=w_hh_t, w_hr_t=w_hr_t, w_hh=w_hh,
+    return dict(w_ih_cat_t=w_ih_cat_t, bias=bias, w_hh_t=w_hh_t, w_hr_t=w_hr_t, w_hh=w_hh,
                 w_hr=w_hr)
 
 
@@ -62,18 +63,15 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
     for layer in range(L):
         prep = _prepare(params, layer)
         w_hh_t, w_hr_t = prep["w_hh_t"], prep["w_hr_t"]
-        xg = layer_in.reshape(T * B, -1) @ prep["w_ih_cat_t"]
-        if prep["b_cat"] is not None:
-            xg += prep["b_cat"]
-        xg = xg.reshape(T, B, D * 4 * H)
+        xg = (layer_in.reshape(T * B, -1) @ prep["w_ih_cat_t"]).reshape(T, B, D * 4 * H)
         y = np.empty((T, B, D * P), dt)
         dirs = []
         for d in range(D):
             k = layer * D + d
             gates = np.empty((T, B, 4 * H), dt) if training else empty3
             cs = np.empty((T, B, H), dt) if training else empty3
-            recurrence_forward(xg, d * 4 * H, w_hh_t[d], w_hr_t[d], h0[k], c0[k], lengths,
-                               d == 1, y, d * P, h_n[k], c_n[k], gates, cs, training)
+            recurrence_forward(xg, d * 4 * H, prep["bias"][d], w_hh_t[d], w_hr_t[d], h0[k], c0[k],
+                               lengths, d == 1, y, d * P, h_n[k], c_n[k], gates, cs, training)
             dirs.append((gates, cs))
         del xg
         if training:

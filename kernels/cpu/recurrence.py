@@ -10,12 +10,12 @@ Gate order ``i, f, g, o`` (PyTorch's). Shapes, for one layer and one direction::
     lengths  (B,) int64    valid steps per sequence (1..T)
     y        (T, B, D*H_out) layer output; this direction writes columns [y_off, y_off + H_out)
 
-Each step: ``z = xg[t] + h @ W_hh^T`` — for small batches a register-blocked loop that reads
-each row of ``w_hh_t`` once for the whole batch (a BLAS call costs more than the product
-itself there), for large batches BLAS — then one fused, branch-free, vectorised pass over
-each sequence's row applies the activations and updates c and h in place. Steps past a
-sequence's end leave its state unchanged and write 0 to ``y``, which gives packed-sequence
-semantics for both directions with one shared time loop.
+Each step: ``z = h @ W_hh^T`` for the whole batch (BLAS: measured faster than hand-written
+loops at every batch size, even B = 1 — see bench/NOTES.md), then one fused, branch-free,
+vectorised pass over each sequence's row adds the input projection and the bias, applies the
+activations and updates c and h in place. Steps past a sequence's end leave its state
+unchanged and write 0 to ``y``, which gives packed-sequence semantics for both directions
+with one shared time loop.
 
 Training mode saves, per step and sequence, the activated gates (4H) and the cell state (H):
 everything backward needs besides the layer's input and output (which the caller keeps).
@@ -27,36 +27,15 @@ from .activations import sigmoid, tanh
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
-#: From this batch size on, the per-step products go to BLAS (measured: bench/NOTES.md).
-BLAS_MIN_BATCH = 16
-
-
 @njit(**_OPTS)
-def _matmul(a, w, out, use_blas):
-    """``out = a @ w`` for a (B, K), w (K, N), all C-contiguous."""
-    if use_blas:
-        np.dot(a, w, out)
-        return
-    B, K = a.shape
-    N = w.shape[1]
-    out[:, :] = 0.0
-    for k in range(K):
-        wk = w[k]
-        for b in range(B):
-            abk = a[b, k]
-            ob = out[b]
-            for n in range(N):
-                ob[n] += abk * wk[n]
-
-
-@njit(**_OPTS)
-def _cell_forward(zb, cb, hhb, H):
-    """Activate one sequence's gates in place (zb: 4H) and update its c (cb) and o*tanh(c)."""
+def _cell_forward(zb, xb, bias, cb, hhb, H):
+    """One sequence's step: gates ``zb + xb + bias`` (4H each), activated in place in ``zb``;
+    c (``cb``) and ``o * tanh(c)`` (``hhb``) updated."""
     for j in range(H):
-        gi = sigmoid(zb[j])
-        gf = sigmoid(zb[H + j])
-        gg = tanh(zb[2 * H + j])
-        go = sigmoid(zb[3 * H + j])
+        gi = sigmoid(zb[j] + xb[j] + bias[j])
+        gf = sigmoid(zb[H + j] + xb[H + j] + bias[H + j])
+        gg = tanh(zb[2 * H + j] + xb[2 * H + j] + bias[2 * H + j])
+        go = sigmoid(zb[3 * H + j] + xb[3 * H + j] + bias[3 * H + j])
         cn = gf * cb[j] + gi * gg
         zb[j] = gi
         zb[H + j] = gf
@@ -67,40 +46,36 @@ def _cell_forward(zb, cb, hhb, H):
 
 
 @njit(**_OPTS)
-def recurrence_forward(xg, xg_off, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+def recurrence_forward(xg, xg_off, bias, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                        y, y_off, h_n, c_n, gates_out, c_out, training):
+    """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases)."""
     T, B = xg.shape[0], xg.shape[1]
     H = c0.shape[1]
     P = h0.shape[1]
     G = 4 * H
     has_proj = w_hr_t.shape[0] > 0
-    use_blas = B >= BLAS_MIN_BATCH
     h = h0.copy()
     c = c0.copy()
-    z = np.empty((B, G), dtype=xg.dtype)
+    z_work = np.empty((B, G), dtype=xg.dtype)
     hh = np.empty((B, H), dtype=xg.dtype)  # o * tanh(c) before the projection
     hp = np.empty((B, P), dtype=xg.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        _matmul(h, w_hh_t, z, use_blas)
-        for b in range(B):
-            zb = z[b]
-            xb = xg[t, b, xg_off:xg_off + G]
-            for g in range(G):
-                zb[g] += xb[g]
+        # Training: the step's gates are activated in place in the saved buffer (no copy).
+        z = gates_out[t] if training else z_work
+        np.dot(h, w_hh_t, z)
         for b in range(B):
             if t < lengths[b]:
-                _cell_forward(z[b], c[b], hh[b], H)
+                _cell_forward(z[b], xg[t, b, xg_off:xg_off + G], bias, c[b], hh[b], H)
                 if training:
-                    gates_out[t, b, :] = z[b]
                     c_out[t, b, :] = c[b]
             else:
                 hh[b, :] = 0.0
                 if training:
-                    gates_out[t, b, :] = 0.0
+                    z[b, :] = 0.0
                     c_out[t, b, :] = 0.0
         if has_proj:
-            _matmul(hh, w_hr_t, hp, use_blas)
+            np.dot(hh, w_hr_t, hp)
             src = hp
         else:
             src = hh
@@ -152,7 +127,6 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
     H = cs.shape[2]
     P = dh_n.shape[1]
     has_proj = w_hr.shape[0] > 0
-    use_blas = B >= BLAS_MIN_BATCH
     dh = dh_n.copy()
     dc = dc_n.copy()
     dhp = np.empty((B, P), dtype=gates.dtype)
@@ -171,7 +145,7 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
                 dpb[:] = 0.0
         if has_proj:
             dhp_out[t, :, :] = dhp
-            _matmul(dhp, w_hr, dhh, use_blas)
+            np.dot(dhp, w_hr, dhh)
             src = dhh
         else:
             src = dhp
@@ -183,7 +157,7 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
                 _cell_backward(dgt[b], gates[t, b], cs[t, b], cprev, src[b], dc[b], H)
             else:
                 dgt[b, :] = 0.0
-        _matmul(dgt, w_hh, dh_new, use_blas)
+        np.dot(dgt, w_hh, dh_new)
         for b in range(B):
             if t < lengths[b]:
                 dh[b, :] = dh_new[b]
