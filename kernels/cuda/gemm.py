@@ -29,6 +29,7 @@ from .recurrence import _simulating
 GEMM_BACKEND = os.environ.get("FASTLSTM_CUDA_GEMM", "auto")
 
 _ZERO = np.float32(0.0)
+_MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y (and z); gridDim.x goes to 2**31 - 1
 
 
 def _make_gemm(BM, BN, BK, TM, TN):
@@ -51,8 +52,8 @@ def _make_gemm(BM, BN, BK, TM, TN):
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * NTX + tx
-        m0 = cuda.blockIdx.y * BM
-        n0 = cuda.blockIdx.x * BN
+        m0 = cuda.blockIdx.x * BM  # M (T*B rows: may be millions) on x: gridDim.x < 2**31
+        n0 = cuda.blockIdx.y * BN  # N on y: gridDim.y <= 65535 (checked by matmul)
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = _ZERO
@@ -137,8 +138,10 @@ def column_sums(A):
     """Sums over the rows of a 2-D device array: a new (N,) float32 device array."""
     M, N = A.shape
     out = cuda.to_device(np.zeros(N, np.float32))
-    if _simulating():
-        colsum[(1, 1), (N, 1)](A, out)
+    if M == 0 or N == 0:
+        return out  # a zero-size grid is a launch error on a GPU
+    if _simulating():  # several blocks in x and y, as on a GPU (atomics across blocks)
+        colsum[((N + 3) // 4, 2), (4, 2)](A, out)
     else:
         gy = max(1, min(64, (M + 255) // 256))
         colsum[((N + 31) // 32, gy), (32, 8)](A, out)
@@ -183,24 +186,31 @@ def matmul(A, B, C, *, trans_a=False, trans_b=False, bias=None, accumulate=False
         return C
     if backend() == "cupy":
         cp = _cupy()
-        a = cp.asarray(A)
-        b = cp.asarray(B)
-        c = cp.asarray(C)
-        if trans_a:
-            a = a.T
-        if trans_b:
-            b = b.T
-        if accumulate:
-            c += a @ b
-        else:
-            cp.matmul(a, b, out=c)
-        if bias is not None:
-            c += cp.asarray(bias)
+        # The numba kernels before and after this run on the legacy default stream; run cuBLAS
+        # there too, whatever CuPy stream the caller made current (a non-blocking stream would
+        # not be ordered with our launches).
+        with cp.cuda.Stream.null:
+            a = cp.asarray(A)
+            b = cp.asarray(B)
+            c = cp.asarray(C)
+            if trans_a:
+                a = a.T
+            if trans_b:
+                b = b.T
+            if accumulate:
+                c += a @ b
+            else:
+                cp.matmul(a, b, out=c)
+            if bias is not None:
+                c += cp.asarray(bias)
         return C
     kern, (ntx, nty), (bm, bn) = _gemm_kernel(_simulating())
     has_bias = bias is not None
     if not has_bias:
         bias = C[0]  # placeholder, never read
-    grid = ((N + bn - 1) // bn, (M + bm - 1) // bm)
+    grid = ((M + bm - 1) // bm, (N + bn - 1) // bn)
+    if grid[1] > _MAX_GRID_Y:
+        raise ValueError(f"matmul: N = {N} columns is more than the numba GEMM's grid covers "
+                         f"({_MAX_GRID_Y} x {bn}); use the CuPy backend")
     kern[grid, (ntx, nty)](A, B, C, bias, bool(trans_a), bool(trans_b), bool(accumulate), has_bias)
     return C

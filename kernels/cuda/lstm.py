@@ -108,6 +108,17 @@ def _dcopy(a):
     return out
 
 
+def _finish_on_device():
+    """Wait for this call's kernels before handing device arrays back.
+
+    Our kernels run on the legacy default stream and numba's arrays export no stream in
+    ``__cuda_array_interface__``, so a consumer on a non-blocking stream (PyTorch's side
+    streams, a non-blocking CuPy stream) would not be ordered after them. One host wait per
+    call (never per step).
+    """
+    _cuda().default_stream().synchronize()
+
+
 def _is_c_contiguous(a) -> bool:
     try:
         return bool(a.is_c_contiguous())
@@ -441,6 +452,7 @@ def forward(x, params, h0=None, c0=None, *, lengths=None, batch_first=False, tra
         state["gpu_io"] = True
         cache = api.LSTMCache("cuda", state, bool(batch_first), unbatched, shape,
                               tuple(y_out.shape), h_shape, c_shape, _F32)
+    _finish_on_device()
     return api.ForwardResult(y_out, h, c, cache)
 
 
@@ -494,4 +506,6 @@ def backward(cache, dy=None, dh=None, dc=None) -> api.BackwardResult:
         dx = _copy_to(dx, _cuda().device_array((B, T, I), _F32), swap01=True)
     if not st["gpu_io"]:
         dx, dh0, dc0 = dx.copy_to_host(), dh0.copy_to_host(), dc0.copy_to_host()
+    else:
+        _finish_on_device()
     return api.BackwardResult(dx, dh0, dc0, dparams)

@@ -23,7 +23,8 @@ Two forward paths:
 
 * multi-launch (``recurrence_forward(..., path="multi")``): per step one launch of
   ``step_forward`` (recurrent product fused with the gate/cell/hidden update, one thread per
-  (hidden unit, sequence, direction)), plus one launch of ``step_project`` with ``proj_size``.
+  (hidden unit, direction), looping over the sequences with a grid stride along y, so any batch
+  size fits CUDA's gridDim.y limit), plus one launch of ``step_project`` with ``proj_size``.
 * persistent (``path="persistent"``): ONE cooperative launch of ``persistent_forward`` for the
   whole sequence. Each block keeps its slice of W_hh (all 4 gates of ``JB`` hidden units) in
   shared memory for all steps; the K dimension of each gate row is split over ``KS`` threads
@@ -66,88 +67,91 @@ def _simulating() -> bool:
 # ---------------------------------------------------------------------------------- forward
 @cuda.jit
 def step_forward(s, xg, w_hh_t, h_in, h_out, c, hh, y, gates, cs, lengths, has_proj, training):
-    """One step of every direction: thread (j, b, d) owns hidden unit j of sequence b.
+    """One step of every direction: thread (j, d) owns hidden unit j of the sequences b it
+    strides over (b = y index + k * gridDim.y * blockDim.y).
 
     Reads ``h_in``, writes ``h_out`` (ping-pong buffers) and updates ``c`` in place. With a
     projection it writes ``hh = o * tanh(c)`` and ``step_project`` produces h and y.
     """
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
     d = cuda.blockIdx.z
     T = xg.shape[0]
     B = xg.shape[1]
     H = c.shape[2]
     P = h_in.shape[2]
-    if j >= H or b >= B:
+    if j >= H:
         return
     t = T - 1 - s if d == 1 else s
     G = 4 * H
     col = d * G + j
-    if t < lengths[b]:
-        zi = xg[t, b, col]
-        zf = xg[t, b, col + H]
-        zg = xg[t, b, col + 2 * H]
-        zo = xg[t, b, col + 3 * H]
-        for k in range(P):
-            hk = h_in[d, b, k]
-            zi += hk * w_hh_t[d, k, j]
-            zf += hk * w_hh_t[d, k, H + j]
-            zg += hk * w_hh_t[d, k, 2 * H + j]
-            zo += hk * w_hh_t[d, k, 3 * H + j]
-        gi = _sigmoid(zi)
-        gf = _sigmoid(zf)
-        gg = math.tanh(zg)
-        go = _sigmoid(zo)
-        cn = gf * c[d, b, j] + gi * gg
-        c[d, b, j] = cn
-        hv = go * math.tanh(cn)
-        if training:
-            gates[t, b, col] = gi
-            gates[t, b, col + H] = gf
-            gates[t, b, col + 2 * H] = gg
-            gates[t, b, col + 3 * H] = go
-            cs[t, b, d * H + j] = cn
-        if has_proj:
-            hh[d, b, j] = hv
+    for b in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, B,
+                   cuda.gridDim.y * cuda.blockDim.y):
+        if t < lengths[b]:
+            zi = xg[t, b, col]
+            zf = xg[t, b, col + H]
+            zg = xg[t, b, col + 2 * H]
+            zo = xg[t, b, col + 3 * H]
+            for k in range(P):
+                hk = h_in[d, b, k]
+                zi += hk * w_hh_t[d, k, j]
+                zf += hk * w_hh_t[d, k, H + j]
+                zg += hk * w_hh_t[d, k, 2 * H + j]
+                zo += hk * w_hh_t[d, k, 3 * H + j]
+            gi = _sigmoid(zi)
+            gf = _sigmoid(zf)
+            gg = math.tanh(zg)
+            go = _sigmoid(zo)
+            cn = gf * c[d, b, j] + gi * gg
+            c[d, b, j] = cn
+            hv = go * math.tanh(cn)
+            if training:
+                gates[t, b, col] = gi
+                gates[t, b, col + H] = gf
+                gates[t, b, col + 2 * H] = gg
+                gates[t, b, col + 3 * H] = go
+                cs[t, b, d * H + j] = cn
+            if has_proj:
+                hh[d, b, j] = hv
+            else:
+                h_out[d, b, j] = hv
+                y[t, b, d * P + j] = hv
         else:
-            h_out[d, b, j] = hv
-            y[t, b, d * P + j] = hv
-    else:
-        if training:
-            gates[t, b, col] = _ZERO
-            gates[t, b, col + H] = _ZERO
-            gates[t, b, col + 2 * H] = _ZERO
-            gates[t, b, col + 3 * H] = _ZERO
-            cs[t, b, d * H + j] = _ZERO
-        if has_proj:
-            hh[d, b, j] = _ZERO
-        else:
-            h_out[d, b, j] = h_in[d, b, j]
-            y[t, b, d * P + j] = _ZERO
+            if training:
+                gates[t, b, col] = _ZERO
+                gates[t, b, col + H] = _ZERO
+                gates[t, b, col + 2 * H] = _ZERO
+                gates[t, b, col + 3 * H] = _ZERO
+                cs[t, b, d * H + j] = _ZERO
+            if has_proj:
+                hh[d, b, j] = _ZERO
+            else:
+                h_out[d, b, j] = h_in[d, b, j]
+                y[t, b, d * P + j] = _ZERO
 
 
 @cuda.jit
 def step_project(s, hh, w_hr_t, h_in, h_out, y, lengths):
     """The projection of one step: thread (p, b, d) computes ``h[b, p] = hh[b, :] . W_hr[p, :]``."""
     p = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
     d = cuda.blockIdx.z
     T = y.shape[0]
     B = y.shape[1]
     H = hh.shape[2]
     P = h_in.shape[2]
-    if p >= P or b >= B:
+    if p >= P:
         return
     t = T - 1 - s if d == 1 else s
-    if t < lengths[b]:
-        acc = _ZERO
-        for j in range(H):
-            acc += hh[d, b, j] * w_hr_t[d, j, p]
-        h_out[d, b, p] = acc
-        y[t, b, d * P + p] = acc
-    else:
-        h_out[d, b, p] = h_in[d, b, p]
-        y[t, b, d * P + p] = _ZERO
+    for b in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, B,
+                   cuda.gridDim.y * cuda.blockDim.y):
+        if t < lengths[b]:
+            acc = _ZERO
+            for j in range(H):
+                acc += hh[d, b, j] * w_hr_t[d, j, p]
+            h_out[d, b, p] = acc
+            y[t, b, d * P + p] = acc
+        else:
+            h_out[d, b, p] = h_in[d, b, p]
+            y[t, b, d * P + p] = _ZERO
 
 
 @cuda.jit
@@ -344,21 +348,22 @@ def step_backward_fused(s, dy, gates, cs, c0, w_hh, dh, dc, dgates, lengths):
     product), then this step's gate gradients and ``dc``. ``s == T`` only finishes ``dh`` (dh0).
     """
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
     d = cuda.blockIdx.z
     T = dy.shape[0]
     B = dy.shape[1]
     H = dc.shape[2]
-    if j >= H or b >= B:
+    if j >= H:
         return
-    dhv = _dh_from_prev(s, T, b, j, d, dgates, w_hh, dh, lengths)
-    if s < T:
-        t = s if d == 1 else T - 1 - s
-        if t < lengths[b]:
-            d_h = dy[t, b, d * H + j] + dhv
-            _cell_backward(t, b, j, d, d_h, gates, cs, c0, dc, dgates, lengths)
-        else:
-            _zero_dgates(t, b, j, d, dgates, H)
+    t = s if d == 1 else T - 1 - s
+    for b in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, B,
+                   cuda.gridDim.y * cuda.blockDim.y):
+        dhv = _dh_from_prev(s, T, b, j, d, dgates, w_hh, dh, lengths)
+        if s < T:
+            if t < lengths[b]:
+                d_h = dy[t, b, d * H + j] + dhv
+                _cell_backward(t, b, j, d, d_h, gates, cs, c0, dc, dgates, lengths)
+            else:
+                _zero_dgates(t, b, j, d, dgates, H)
 
 
 @cuda.jit
@@ -366,52 +371,65 @@ def step_backward_dh(s, dy, w_hh, dh, dhp, dgates, lengths):
     """With a projection: thread (k, b, d) updates ``dh`` and writes the step's gradient of the
     projected output ``dhp[t, b, d*P + k]`` (0 on padded steps). ``s == T`` only finishes dh0."""
     k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
     d = cuda.blockIdx.z
     T = dy.shape[0]
     B = dy.shape[1]
     P = dh.shape[2]
-    if k >= P or b >= B:
+    if k >= P:
         return
-    dhv = _dh_from_prev(s, T, b, k, d, dgates, w_hh, dh, lengths)
-    if s < T:
-        t = s if d == 1 else T - 1 - s
-        if t < lengths[b]:
-            dhp[t, b, d * P + k] = dy[t, b, d * P + k] + dhv
-        else:
-            dhp[t, b, d * P + k] = _ZERO
+    t = s if d == 1 else T - 1 - s
+    for b in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, B,
+                   cuda.gridDim.y * cuda.blockDim.y):
+        dhv = _dh_from_prev(s, T, b, k, d, dgates, w_hh, dh, lengths)
+        if s < T:
+            if t < lengths[b]:
+                dhp[t, b, d * P + k] = dy[t, b, d * P + k] + dhv
+            else:
+                dhp[t, b, d * P + k] = _ZERO
 
 
 @cuda.jit
 def step_backward_cell(s, dhp, w_hr, gates, cs, c0, dc, dgates, lengths):
     """With a projection: thread (j, b, d): ``dL/d(o*tanh c) = dhp W_hr`` then the gate gradients."""
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
     d = cuda.blockIdx.z
     T = dhp.shape[0]
     B = dhp.shape[1]
     H = dc.shape[2]
     P = w_hr.shape[1]
-    if j >= H or b >= B:
+    if j >= H:
         return
     t = s if d == 1 else T - 1 - s
-    if t < lengths[b]:
-        acc = _ZERO
-        for p in range(P):
-            acc += dhp[t, b, d * P + p] * w_hr[d, p, j]
-        _cell_backward(t, b, j, d, acc, gates, cs, c0, dc, dgates, lengths)
-    else:
-        _zero_dgates(t, b, j, d, dgates, H)
+    for b in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, B,
+                   cuda.gridDim.y * cuda.blockDim.y):
+        if t < lengths[b]:
+            acc = _ZERO
+            for p in range(P):
+                acc += dhp[t, b, d * P + p] * w_hr[d, p, j]
+            _cell_backward(t, b, j, d, acc, gates, cs, c0, dc, dgates, lengths)
+        else:
+            _zero_dgates(t, b, j, d, dgates, H)
 
 
 # ---------------------------------------------------------------------------------- launchers
+#: Most blocks along y in a step-kernel grid (CUDA's limit for gridDim.y is 65535). The step
+#: kernels loop over sequences with a stride of gridDim.y * blockDim.y, so any batch size works.
+MAX_GRID_Y = 65535
+
+
 def _grid(nx: int, ny: int, nz: int):
-    """(grid, block) covering an (nx, ny) plane per direction (nz)."""
-    if _simulating():  # the simulator runs one Python thread per GPU thread: exact cover
-        return (1, 1, nz), (nx, ny, 1)
-    bx = 32 if nx <= 32 else (64 if nx <= 64 else 128)
-    by = max(1, min(ny, 256 // bx))
-    return ((nx + bx - 1) // bx, (ny + by - 1) // by, nz), (bx, by, 1)
+    """(grid, block) for the step kernels: x covers the nx units (one thread each, partial last
+    block guarded in the kernels), y strides over the ny sequences, z is the direction."""
+    if _simulating():
+        # Small blocks and a capped y grid, so that the simulator runs the same code paths as a
+        # GPU launch: several blocks along x with a partial last one, and sequences strided.
+        bx, by, gy_max = 4, 2, 1
+    else:
+        bx = 32 if nx <= 32 else (64 if nx <= 64 else 128)
+        by = max(1, min(ny, 256 // bx))
+        gy_max = MAX_GRID_Y
+    gy = max(1, min((ny + by - 1) // by, gy_max))
+    return (max(1, (nx + bx - 1) // bx), gy, nz), (bx, by, 1)
 
 
 class PersistentPlan:
@@ -515,12 +533,13 @@ def recurrence_forward(xg, w_hh_t, w_hr_t, h0, c0, lengths, y, h_n, c_n, gates, 
     bufs[0].copy_to_device(h0)
     g1, b1 = _grid(H, B, D)
     g2, b2 = _grid(P, B, D)
+    fwd = step_forward[g1, b1]  # launch configurations built once, not per step
+    proj = step_project[g2, b2]
     for s in range(T):
         h_in, h_out = bufs[s % 2], bufs[1 - s % 2]
-        step_forward[g1, b1](s, xg, w_hh_t, h_in, h_out, c_n, hh, y, gates, cs, lengths,
-                             has_proj, training)
+        fwd(s, xg, w_hh_t, h_in, h_out, c_n, hh, y, gates, cs, lengths, has_proj, training)
         if has_proj:
-            step_project[g2, b2](s, hh, w_hr_t, h_in, h_out, y, lengths)
+            proj(s, hh, w_hr_t, h_in, h_out, y, lengths)
     h_n.copy_to_device(bufs[T % 2])
     return "multi"
 
@@ -535,11 +554,13 @@ def recurrence_backward(dy, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengths, dgat
     dc0.copy_to_device(dc_n)
     gh, bh = _grid(H, B, D)
     if P == H:
+        fused = step_backward_fused[gh, bh]
         for s in range(T + 1):
-            step_backward_fused[gh, bh](s, dy, gates, cs, c0, w_hh, dh0, dc0, dgates, lengths)
+            fused(s, dy, gates, cs, c0, w_hh, dh0, dc0, dgates, lengths)
         return
     gp, bp = _grid(P, B, D)
+    bdh, bcell = step_backward_dh[gp, bp], step_backward_cell[gh, bh]
     for s in range(T + 1):
-        step_backward_dh[gp, bp](s, dy, w_hh, dh0, dhp, dgates, lengths)
+        bdh(s, dy, w_hh, dh0, dhp, dgates, lengths)
         if s < T:
-            step_backward_cell[gh, bh](s, dhp, w_hr, gates, cs, c0, dc0, dgates, lengths)
+            bcell(s, dhp, w_hr, gates, cs, c0, dc0, dgates, lengths)

@@ -120,17 +120,18 @@ def test_recurrence_backward(T, B, H, P, D, lengths):
         np.testing.assert_array_equal(dev[k].copy_to_host(), v, err_msg=f"{k} was modified")
 
 
-@pytest.mark.parametrize("trans_a, trans_b, bias, accumulate", [
-    (False, True, True, False), (True, False, False, False), (False, False, False, True),
-    (True, True, True, True),
+@pytest.mark.parametrize("trans_a, trans_b, bias, accumulate, M, N, K", [
+    (False, True, True, False, 9, 10, 7), (True, False, False, False, 9, 10, 7),
+    (False, False, False, True, 9, 10, 7), (True, True, True, True, 9, 10, 7),
+    (False, True, True, False, 37, 3, 5),  # tall and thin, like x W_ih^T: many row tiles
 ])
-def test_gemm_numba(trans_a, trans_b, bias, accumulate, cuda_lstm):
+def test_gemm_numba(trans_a, trans_b, bias, accumulate, M, N, K, cuda_lstm):
     from numba import cuda
 
     from fastlstm.kernels.cuda import gemm
     gemm.GEMM_BACKEND = "numba"
     rng = np.random.default_rng(3)
-    M, N, K = 9, 10, 7  # not multiples of the tile sizes
+    # M, N, K not multiples of the tile sizes
     a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(F32)
     wide = rng.standard_normal((K + 3, N + 5) if not trans_b else (N + 3, K + 5)).astype(F32)
     b = wide[:K, 2:N + 2] if not trans_b else wide[:N, 2:K + 2]  # a strided view of a wider matrix
@@ -179,3 +180,31 @@ def test_gemm_backend_switch(simulating, cuda_lstm):
         gemm.GEMM_BACKEND = "cupy"
         with pytest.raises(RuntimeError, match="real GPU"):
             gemm.backend()
+
+
+def test_gemm_grid_y_limit_is_checked(cuda_lstm):
+    """Row tiles go on grid x (T*B rows can be millions); column tiles on y, whose CUDA limit
+    (65535 blocks) matmul must check instead of failing the launch."""
+    from numba import cuda
+
+    from fastlstm.kernels.cuda import gemm
+    gemm.GEMM_BACKEND = "numba"
+    _, _, (bm, bn) = gemm._gemm_kernel(True)
+    N = gemm._MAX_GRID_Y * bn + 1
+    with pytest.raises(ValueError, match="columns"):
+        gemm.matmul(cuda.device_array((1, 1), F32), cuda.device_array((1, N), F32),
+                    cuda.device_array((1, N), F32))
+
+
+@pytest.mark.parametrize("nx, ny", [(1, 1), (5, 3), (33, 7), (100, 1), (1024, 10**6),
+                                    (4096, 8 * 65535 + 3)])
+def test_step_grid_within_cuda_limits(nx, ny, monkeypatch):
+    """The real-GPU launch configuration of the step kernels: at most 1024 threads per block,
+    gridDim.y <= 65535 whatever the batch (the kernels stride over sequences), x covers nx."""
+    from fastlstm.kernels.cuda import recurrence as rec
+    monkeypatch.setattr(rec, "_simulating", lambda: False)
+    (gx, gy, gz), (bx, by, bz) = rec._grid(nx, ny, 2)
+    assert bx * by * bz <= 1024 and bz == 1 and gz == 2
+    assert 1 <= gy <= 65535 and gx >= 1
+    assert gx * bx >= nx
+    assert gy * by >= min(ny, 65535 * by)
