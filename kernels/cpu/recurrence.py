@@ -23,26 +23,39 @@ everything backward needs besides the layer's input and output (which the caller
 import numpy as np
 from numba import njit
 
-from .activations import sigmoid, tanh
+from .activations import half_like, one_like, tanh_row
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 @njit(**_OPTS)
-def _cell_forward(zb, xb, bias, cb, hhb, H):
-    """One sequence's step: gates ``zb + xb + bias`` (4H each), activated in place in ``zb``;
-    c (``cb``) and ``o * tanh(c)`` (``hhb``) updated."""
+def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
+    """One sequence's step, row-wise so every loop vectorises.
+
+    Gates ``zb + xb + bias`` (4H each) are activated in place in ``zb``; c (``cb``) and
+    ``o * tanh(c)`` (``hhb``) are updated. ``s1`` (4H) and ``s2`` (>= H) are scratch rows.
+    sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, so one tanh pass over the row serves all four gates.
+    """
+    half = half_like(zb[0])
+    G = 4 * H
+    for g in range(G):
+        zb[g] = zb[g] + xb[g] + bias[g]
+    for g in range(2 * H):
+        zb[g] = half * zb[g]
+    for g in range(3 * H, G):
+        zb[g] = half * zb[g]
+    tanh_row(zb, zb, s1)
     for j in range(H):
-        gi = sigmoid(zb[j] + xb[j] + bias[j])
-        gf = sigmoid(zb[H + j] + xb[H + j] + bias[H + j])
-        gg = tanh(zb[2 * H + j] + xb[2 * H + j] + bias[2 * H + j])
-        go = sigmoid(zb[3 * H + j] + xb[3 * H + j] + bias[3 * H + j])
-        cn = gf * cb[j] + gi * gg
+        gi = half * zb[j] + half
+        gf = half * zb[H + j] + half
+        go = half * zb[3 * H + j] + half
         zb[j] = gi
         zb[H + j] = gf
-        zb[2 * H + j] = gg
         zb[3 * H + j] = go
-        cb[j] = cn
-        hhb[j] = go * tanh(cn)
+        cb[j] = gf * cb[j] + gi * zb[2 * H + j]
+    tc = s2[:H]
+    tanh_row(cb, tc, s1)
+    for j in range(H):
+        hhb[j] = zb[3 * H + j] * tc[j]
 
 
 @njit(**_OPTS)
@@ -59,6 +72,8 @@ def recurrence_forward(xg, xg_off, bias, w_hh_t, w_hr_t, h0, c0, lengths, revers
     z_work = np.empty((B, G), dtype=xg.dtype)
     hh = np.empty((B, H), dtype=xg.dtype)  # o * tanh(c) before the projection
     hp = np.empty((B, P), dtype=xg.dtype)
+    s1 = np.empty(G, dtype=xg.dtype)
+    s2 = np.empty(G, dtype=xg.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         # Training: the step's gates are activated in place in the saved buffer (no copy).
@@ -66,7 +81,7 @@ def recurrence_forward(xg, xg_off, bias, w_hh_t, w_hr_t, h0, c0, lengths, revers
         np.dot(h, w_hh_t, z)
         for b in range(B):
             if t < lengths[b]:
-                _cell_forward(z[b], xg[t, b, xg_off:xg_off + G], bias, c[b], hh[b], H)
+                _cell_forward(z[b], xg[t, b, xg_off:xg_off + G], bias, c[b], hh[b], H, s1, s2)
                 if training:
                     c_out[t, b, :] = c[b]
             else:
@@ -94,20 +109,27 @@ def recurrence_forward(xg, xg_off, bias, w_hh_t, w_hr_t, h0, c0, lengths, revers
 
 
 @njit(**_OPTS)
-def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H):
-    """One sequence's step: gate gradients (dzb: 4H) from d(h) (dhb) and the carried dc (dcb)."""
+def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
+    """One sequence's step: gate gradients (dzb: 4H) from d(h) (dhb) and the carried dc (dcb).
+
+    ``gb`` holds the activated gates, ``cb`` / ``cpb`` this and the previous cell state;
+    ``s1`` (4H) and ``s2`` (>= H) are scratch rows.
+    """
+    one = one_like(gb[0])
+    tc = s2[:H]
+    tanh_row(cb, tc, s1)
     for j in range(H):
         gi = gb[j]
         gf = gb[H + j]
         gg = gb[2 * H + j]
         go = gb[3 * H + j]
-        tc = tanh(cb[j])
+        t = tc[j]
         d_h = dhb[j]
-        dct = dcb[j] + d_h * go * (1.0 - tc * tc)
-        dzb[j] = dct * gg * gi * (1.0 - gi)
-        dzb[H + j] = dct * cpb[j] * gf * (1.0 - gf)
-        dzb[2 * H + j] = dct * gi * (1.0 - gg * gg)
-        dzb[3 * H + j] = d_h * tc * go * (1.0 - go)
+        dct = dcb[j] + d_h * go * (one - t * t)
+        dzb[j] = dct * gg * gi * (one - gi)
+        dzb[H + j] = dct * cpb[j] * gf * (one - gf)
+        dzb[2 * H + j] = dct * gi * (one - gg * gg)
+        dzb[3 * H + j] = d_h * t * go * (one - go)
         dcb[j] = dct * gf
 
 
@@ -132,6 +154,8 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
     dhp = np.empty((B, P), dtype=gates.dtype)
     dhh = np.empty((B, H), dtype=gates.dtype)
     dh_new = np.empty((B, P), dtype=gates.dtype)
+    s1 = np.empty(4 * H, dtype=gates.dtype)
+    s2 = np.empty(4 * H, dtype=gates.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
@@ -154,7 +178,7 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
             if t < lengths[b]:
                 first = (t == lengths[b] - 1) if reverse else (t == 0)
                 cprev = c0[b] if first else (cs[t + 1, b] if reverse else cs[t - 1, b])
-                _cell_backward(dgt[b], gates[t, b], cs[t, b], cprev, src[b], dc[b], H)
+                _cell_backward(dgt[b], gates[t, b], cs[t, b], cprev, src[b], dc[b], H, s1, s2)
             else:
                 dgt[b, :] = 0.0
         np.dot(dgt, w_hh, dh_new)
