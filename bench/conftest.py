@@ -9,6 +9,10 @@ Options (timing only; ignored with --benchmark-disable):
                          budget / (one call), clamped to [--bench-min-rounds, --bench-max-rounds]
   --bench-min-rounds N   default 5
   --bench-max-rounds N   default 200
+
+Thread counts: torch gets Numba's thread count (NUMBA_NUM_THREADS, default: all cores), which is
+recorded in every benchmark's extra_info["threads"]. ci/bench.sh pins all thread pools to
+BENCH_THREADS (default 1, see bench/NOTES.md).
 """
 from __future__ import annotations
 
@@ -70,6 +74,13 @@ def oracle():
     return get
 
 
+@pytest.fixture(scope="session")
+def bench_threads():
+    """Threads the CPU backend may use (Numba's count; ci/bench.sh sets it and BLAS's alike)."""
+    import numba
+    return numba.get_num_threads()
+
+
 class Timer:
     """Runs a benchmark: pedantic rounds sized from one untimed call, extra_info filled in."""
 
@@ -83,6 +94,7 @@ class Timer:
         return int(min(self.max_rounds, max(self.min_rounds, n)))
 
     def run(self, benchmark, fn, gflop: float):
+        benchmark.extra_info["threads"] = self.threads
         if not benchmark.enabled:  # smoke run: once
             return benchmark(fn)
         t0 = time.perf_counter()
@@ -96,5 +108,7 @@ class Timer:
 
 
 @pytest.fixture(scope="session")
-def bench_timer(request):
-    return Timer(request.config)
+def bench_timer(request, bench_threads):
+    timer = Timer(request.config)
+    timer.threads = bench_threads
+    return timer
