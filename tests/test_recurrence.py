@@ -89,10 +89,10 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     c_n = np.full((B, H), np.nan, dtype)
     gates = np.full((T, B, 4 * H), np.nan, dtype)
     cs = np.full((T, B, H), np.nan, dtype)
-    w_hr_t = np.ascontiguousarray(w_hr.T) if proj else np.empty((0, 0), dtype)
+    w_hr_tb = np.ascontiguousarray(w_hr.T)[None] if proj else np.empty((0, 0, 0), dtype)
     bias = rng.standard_normal(4 * H).astype(dtype)
-    cpu_rec.recurrence_forward(xg, d * 4 * H, bias, np.ascontiguousarray(w_hh.T), w_hr_t, h0, c0,
-                               lengths, reverse, y, d * P, h_n, c_n, gates, cs, True)
+    cpu_rec.recurrence_forward(xg, d * 4 * H, bias, np.ascontiguousarray(w_hh.T)[None], w_hr_tb,
+                               h0, c0, lengths, reverse, y, d * P, h_n, c_n, gates, cs, True)
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -109,9 +109,9 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     dhp = np.full((T, B, P), np.nan, dtype) if proj else np.empty((0, 0, 0), dtype)
     dh0 = np.full((B, P), np.nan, dtype)
     dc0 = np.full((B, H), np.nan, dtype)
-    cpu_rec.recurrence_backward(dy, d * P, gates, cs, c0, dh_n, dc_n, w_hh,
-                                w_hr if proj else np.empty((0, 0), dtype), lengths, reverse,
-                                dgates, dhp, dh0, dc0)
+    cpu_rec.recurrence_backward(dy, d * P, gates, cs, c0, dh_n, dc_n, w_hh[None],
+                                w_hr[None] if proj else np.empty((0, 0, 0), dtype), lengths,
+                                reverse, dgates, dhp, dh0, dc0)
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
         dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
         reverse)
@@ -120,3 +120,29 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
         assert_close(a, b, dtype, "grad")
     if proj:
         assert np.all(np.isfinite(dhp))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cfg", [
+    Config(T=6, B=5, I=4, H=32, L=2, bidirectional=True, lengths=True),
+    Config(T=5, B=3, I=4, H=48, proj=32, bidirectional=True, lengths=True),
+], ids=str)
+def test_blocked_step_products_match_reference(cfg, dtype, monkeypatch):
+    """Force the per-step products into 16-column blocks (the path large sizes take)."""
+    from fastlstm.kernels.cpu import lstm as cpu_lstm
+    # a threshold every 16-column block fits under, but no whole product does
+    monkeypatch.setattr(cpu_lstm, "SMALL_GEMM_MNK", cfg.B * 4 * cfg.H * 16)
+    assert cpu_lstm.block_width(cfg.B, cfg.P, 4 * cfg.H) < 4 * cfg.H  # split into >1 block
+    p = make_problem(cfg, dtype, seed=12)
+    f_ref, b_ref = run(p, "reference")
+    f_cpu, b_cpu = run(p, "cpu")
+    compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
+    assert any(v.shape[0] > 1 for v in p.params.__dict__["_cpu_blocks"].values())
+
+
+def test_block_width_rule():
+    from fastlstm.kernels.cpu.lstm import block_width
+    assert block_width(4, 128, 512) == 512           # already small: one call
+    assert block_width(16, 256, 1024) == 128         # 16*256*128 = 524288 <= 1e6
+    assert block_width(64, 256, 1024) == 32
+    assert block_width(128, 1024, 4096) == 4096      # no block fits: one call

@@ -18,7 +18,40 @@ import numpy as np
 
 from .recurrence import recurrence_backward, recurrence_forward
 
-__all__ = ["lstm_forward", "lstm_backward"]
+__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "SMALL_GEMM_MNK"]
+
+#: OpenBLAS runs products with M*N*K at most this without packing (its small-matrix kernel);
+#: the recurrence splits its per-step products into column blocks under it (bench/NOTES.md).
+SMALL_GEMM_MNK = 1_000_000
+
+
+def block_width(M: int, K: int, N: int) -> int:
+    """Columns per block for an (M, K) x (K, N) product: all N when the product is already
+    small or no block fits; else the widest multiple of 16 dividing N with M*K*width under
+    the threshold."""
+    if M * K * N <= SMALL_GEMM_MNK:
+        return N
+    best = N
+    for w in range(16, N, 16):
+        if N % w == 0 and M * K * w <= SMALL_GEMM_MNK:
+            best = w
+    return best
+
+
+def col_blocks(params, key, w, M):
+    """``w`` (K, N) as contiguous column blocks (n, K, N/n) for products with M rows; memoised
+    on the (immutable) params. A single block is a view, not a copy."""
+    K, N = w.shape
+    if K == 0:
+        return np.empty((0, 0, 0), w.dtype)
+    nb = block_width(M, K, N)
+    if nb == N:
+        return w.reshape(1, K, N)
+    memo = params.__dict__.setdefault("_cpu_blocks", {})
+    mk = (key, nb)
+    if mk not in memo:
+        memo[mk] = np.ascontiguousarray(w.reshape(K, N // nb, nb).transpose(1, 0, 2))
+    return memo[mk]
 
 
 def _prepare(params, layer):
@@ -70,7 +103,9 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
             k = layer * D + d
             gates = np.empty((T, B, 4 * H), dt) if training else empty3
             cs = np.empty((T, B, H), dt) if training else empty3
-            recurrence_forward(xg, d * 4 * H, prep["bias"][d], w_hh_t[d], w_hr_t[d], h0[k], c0[k],
+            w_hh_tb = col_blocks(params, ("w_hh_t", layer, d), w_hh_t[d], B)
+            w_hr_tb = col_blocks(params, ("w_hr_t", layer, d), w_hr_t[d], B)
+            recurrence_forward(xg, d * 4 * H, prep["bias"][d], w_hh_tb, w_hr_tb, h0[k], c0[k],
                                lengths, d == 1, y, d * P, h_n[k], c_n[k], gates, cs, training)
             dirs.append((gates, cs))
         del xg
@@ -110,9 +145,10 @@ def lstm_backward(state, dy, dh_n, dc_n):
             k = layer * D + d
             dgates = np.empty((T, B, 4 * H), dt)
             dhp = np.empty((T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
-            recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k],
-                                prep["w_hh"][d], prep["w_hr"][d], lengths, d == 1, dgates, dhp,
-                                dh0[k], dc0[k])
+            w_hh_b = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], B)
+            w_hr_b = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], B)
+            recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k], w_hh_b,
+                                w_hr_b, lengths, d == 1, dgates, dhp, dh0[k], dc0[k])
             dg2 = dgates.reshape(TB, 4 * H)
             s = f"_l{layer}{params.suffix(d)}"
             dparams["weight_ih" + s] = dg2.T @ x2

@@ -4,14 +4,17 @@ Gate order ``i, f, g, o`` (PyTorch's). Shapes, for one layer and one direction::
 
     xg       (T, B, D*4H)  input projection of all steps, biases included; this direction's
                            gates are columns [xg_off, xg_off + 4H)
-    w_hh_t   (H_out, 4H)   W_hh transposed: row k holds every gate's weight on h[k]
-    w_hr_t   (H, P)        W_hr transposed (shape (0, 0) when there is no projection)
+    w_hh_tb  (n, H_out, 4H/n)  W_hh transposed, split into n column blocks (see below)
+    w_hr_tb  (m, H, P/m)       W_hr transposed, in m column blocks ((0, 0, 0) without projection)
     h0, c0   (B, H_out), (B, H)
     lengths  (B,) int64    valid steps per sequence (1..T)
     y        (T, B, D*H_out) layer output; this direction writes columns [y_off, y_off + H_out)
 
 Each step: ``z = h @ W_hh^T`` for the whole batch (BLAS: measured faster than hand-written
-loops at every batch size, even B = 1 — see bench/NOTES.md), then one fused, branch-free,
+loops at every batch size, even B = 1 — see bench/NOTES.md). The product is issued as n
+column blocks, each small enough (M*K*N <= 1e6) for OpenBLAS's small-matrix kernel, which
+skips packing the weights on every call: ~110 GFLOP/s on one core against 36-95 for one
+call at B = 8..128 (measured; ``kernels/cpu/lstm.py::col_blocks`` picks n). Then one fused, branch-free,
 vectorised pass over each sequence's row adds the input projection and the bias, applies the
 activations and updates c and h in place. Steps past a sequence's end leave its state
 unchanged and write 0 to ``y``, which gives packed-sequence semantics for both directions
@@ -26,6 +29,25 @@ from numba import njit
 from .activations import half_like, one_like, tanh_row
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+
+@njit(**_OPTS)
+def _bdot(a, wb, zp, out):
+    """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks; ``zp`` (n, B, N/n) is
+    scratch. One BLAS call per block (a single call, straight into ``out``, when n == 1)."""
+    n = wb.shape[0]
+    if n == 1:
+        np.dot(a, wb[0], out)
+        return
+    nb = wb.shape[2]
+    for i in range(n):
+        np.dot(a, wb[i], zp[i])
+    for b in range(a.shape[0]):
+        ob = out[b]
+        for i in range(n):
+            zb = zp[i, b]
+            for q in range(nb):
+                ob[i * nb + q] = zb[q]
+
 
 @njit(**_OPTS)
 def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
@@ -59,14 +81,16 @@ def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
 
 
 @njit(**_OPTS)
-def recurrence_forward(xg, xg_off, bias, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+def recurrence_forward(xg, xg_off, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
                        y, y_off, h_n, c_n, gates_out, c_out, training):
     """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases)."""
     T, B = xg.shape[0], xg.shape[1]
     H = c0.shape[1]
     P = h0.shape[1]
     G = 4 * H
-    has_proj = w_hr_t.shape[0] > 0
+    has_proj = w_hr_tb.shape[0] > 0
+    zp = np.empty((w_hh_tb.shape[0], B, w_hh_tb.shape[2]), dtype=xg.dtype)
+    hpp = np.empty((w_hr_tb.shape[0], B, w_hr_tb.shape[2]), dtype=xg.dtype)
     h = h0.copy()
     c = c0.copy()
     z_work = np.empty((B, G), dtype=xg.dtype)
@@ -78,7 +102,7 @@ def recurrence_forward(xg, xg_off, bias, w_hh_t, w_hr_t, h0, c0, lengths, revers
         t = T - 1 - s if reverse else s
         # Training: the step's gates are activated in place in the saved buffer (no copy).
         z = gates_out[t] if training else z_work
-        np.dot(h, w_hh_t, z)
+        _bdot(h, w_hh_tb, zp, z)
         for b in range(B):
             if t < lengths[b]:
                 _cell_forward(z[b], xg[t, b, xg_off:xg_off + G], bias, c[b], hh[b], H, s1, s2)
@@ -90,7 +114,7 @@ def recurrence_forward(xg, xg_off, bias, w_hh_t, w_hr_t, h0, c0, lengths, revers
                     z[b, :] = 0.0
                     c_out[t, b, :] = 0.0
         if has_proj:
-            np.dot(hh, w_hr_t, hp)
+            _bdot(hh, w_hr_tb, hpp, hp)
             src = hp
         else:
             src = hh
@@ -134,13 +158,13 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 
 
 @njit(**_OPTS)
-def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengths, reverse,
+def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths, reverse,
                         dgates, dhp_out, dh0, dc0):
     """Backward through one direction of one layer.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
-    at ``dy_off``); ``w_hh`` (4H, H_out) and ``w_hr`` (P, H) are untransposed, so both per-step
-    products walk their rows contiguously. Writes ``dgates`` (T, B, 4H), the gradient of the
+    at ``dy_off``); ``w_hh_b`` (n, 4H, H_out/n) and ``w_hr_b`` (m, P, H/m) are the column
+    blocks of the untransposed W_hh and W_hr (``(0, 0, 0)`` without projection). Writes ``dgates`` (T, B, 4H), the gradient of the
     pre-activation gates (0 on padded steps), ``dhp_out`` (T, B, P), the gradient of each
     step's projected output (only with a projection; else shape (0, 0, 0)), and ``dh0``,
     ``dc0``. The weight gradients and dx are whole-sequence GEMMs done by the caller.
@@ -148,12 +172,14 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
     T, B = gates.shape[0], gates.shape[1]
     H = cs.shape[2]
     P = dh_n.shape[1]
-    has_proj = w_hr.shape[0] > 0
+    has_proj = w_hr_b.shape[0] > 0
     dh = dh_n.copy()
     dc = dc_n.copy()
     dhp = np.empty((B, P), dtype=gates.dtype)
     dhh = np.empty((B, H), dtype=gates.dtype)
     dh_new = np.empty((B, P), dtype=gates.dtype)
+    zp = np.empty((w_hh_b.shape[0], B, w_hh_b.shape[2]), dtype=gates.dtype)
+    zpp = np.empty((w_hr_b.shape[0], B, w_hr_b.shape[2]), dtype=gates.dtype)
     s1 = np.empty(4 * H, dtype=gates.dtype)
     s2 = np.empty(4 * H, dtype=gates.dtype)
     for s in range(T):
@@ -169,7 +195,7 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
                 dpb[:] = 0.0
         if has_proj:
             dhp_out[t, :, :] = dhp
-            np.dot(dhp, w_hr, dhh)
+            _bdot(dhp, w_hr_b, zpp, dhh)
             src = dhh
         else:
             src = dhp
@@ -181,7 +207,7 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh, w_hr, lengt
                 _cell_backward(dgt[b], gates[t, b], cs[t, b], cprev, src[b], dc[b], H, s1, s2)
             else:
                 dgt[b, :] = 0.0
-        np.dot(dgt, w_hh, dh_new)
+        _bdot(dgt, w_hh_b, zp, dh_new)
         for b in range(B):
             if t < lengths[b]:
                 dh[b, :] = dh_new[b]
