@@ -2,7 +2,7 @@
 """Compare a benchmark run against the committed baseline; fail on a speed regression.
 
     python ci/compare.py NEW.json [NEW2.json ...] --baseline ci/baseline.json
-                         [--tolerance 0.25] [--summary FILE] [--history DIR] [--update]
+                         [--tolerance 0.35] [--summary FILE] [--history DIR] [--update]
 
 What is compared: for every (case, mode, backend) other than the reference, the *speedup over
 the NumPy reference measured in the same run* (reference median / backend median). A ratio of
@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pytest-benchmark JSON from ci/bench.sh (or `python -m fastlstm bench "
                         "--json`); several runs are combined: per entry, the fastest median")
     p.add_argument("--baseline", default="ci/baseline.json", help="default ci/baseline.json")
-    p.add_argument("--tolerance", type=float, default=0.25,
-                   help="relative fall of a speedup that fails (default 0.25 = 25%%)")
+    p.add_argument("--tolerance", type=float, default=0.35,
+                   help="relative fall of a speedup that fails (default 0.35 = 35%%, chosen from "
+                        "the run-to-run spread on a shared 2-core machine: bench/NOTES.md)")
     p.add_argument("--summary", metavar="FILE", help="also write the markdown table to FILE")
     p.add_argument("--history", metavar="DIR", help="also write NEW.json's summary into DIR")
     p.add_argument("--update", action="store_true",
