@@ -14,15 +14,42 @@ whole-sequence GEMMs.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .recurrence import recurrence_backward, recurrence_forward
 
-__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "SMALL_GEMM_MNK"]
+__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "SMALL_GEMM_MNK", "workspace",
+           "release_workspace"]
 
 #: OpenBLAS runs products with M*N*K at most this without packing (its small-matrix kernel);
 #: the recurrence splits its per-step products into column blocks under it (bench/NOTES.md).
 SMALL_GEMM_MNK = 1_000_000
+
+
+_tls = threading.local()
+
+
+def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
+    """A scratch array reused across calls by the same thread (contents undefined).
+
+    Only for arrays no result or cache keeps. A fresh large array costs first-touch page
+    faults on every call (50 ms for the 42 MB input projection at T=20, B=128, H=1024:
+    bench/NOTES.md); one buffer per key and thread avoids that. Threads never share one.
+    """
+    pool = _tls.__dict__.setdefault("pool", {})
+    size = int(np.prod(shape))
+    buf = pool.get(key)
+    if buf is None or buf.dtype != np.dtype(dtype) or buf.size < size:
+        buf = np.empty(size, dtype)
+        pool[key] = buf
+    return buf[:size].reshape(shape)
+
+
+def release_workspace() -> None:
+    """Free this thread's scratch buffers."""
+    _tls.__dict__.pop("pool", None)
 
 
 def block_width(M: int, K: int, N: int) -> int:
@@ -96,7 +123,9 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
     for layer in range(L):
         prep = _prepare(params, layer)
         w_hh_t, w_hr_t = prep["w_hh_t"], prep["w_hr_t"]
-        xg = (layer_in.reshape(T * B, -1) @ prep["w_ih_cat_t"]).reshape(T, B, D * 4 * H)
+        xg = workspace("xg", (T * B, D * 4 * H), dt)
+        np.matmul(layer_in.reshape(T * B, -1), prep["w_ih_cat_t"], out=xg)
+        xg = xg.reshape(T, B, D * 4 * H)
         y = np.empty((T, B, D * P), dt)
         dirs = []
         for d in range(D):
@@ -143,8 +172,8 @@ def lstm_backward(state, dy, dh_n, dc_n):
             w_ih, _, b_ih, _, _ = params.layer_weights(layer, d)
             gates, cs = saved["dirs"][d]
             k = layer * D + d
-            dgates = np.empty((T, B, 4 * H), dt)
-            dhp = np.empty((T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
+            dgates = workspace("dgates", (T, B, 4 * H), dt)  # consumed before the next direction
+            dhp = workspace("dhp", (T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
             w_hh_b = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], B)
             w_hr_b = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], B)
             recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k], w_hh_b,
