@@ -247,3 +247,16 @@ def test_thread_count_mismatch_is_refused(tmp_path, capsys):
     assert run(tmp_path, _with_threads(bench_doc(BASE), 2), _with_threads(bench_doc(BASE), 1)) == 2
     assert "thread" in capsys.readouterr().err
     assert run(tmp_path, _with_threads(bench_doc(BASE), 1), _with_threads(bench_doc(BASE), 1)) == 0
+
+
+def test_torch_slowdown_or_absence_is_informational(tmp_path, capsys):
+    """Only our backends gate: torch getting slower, or not being installed, never fails."""
+    slower_torch = scaled(lambda c, m, b: 3.0 if b == "torch" else 1.0)
+    assert run(tmp_path, bench_doc(slower_torch)) == 0
+    out = capsys.readouterr().out
+    assert "| slower |" in out and "SLOWER" not in out
+    no_torch = {k: t for k, t in BASE.items() if k[2] != "torch"}
+    assert run(tmp_path, bench_doc(no_torch)) == 0
+    assert "| missing |" in capsys.readouterr().out
+    no_cpu_case = {k: t for k, t in BASE.items() if not (k[2] == "cpu" and k[1] == "infer")}
+    assert run(tmp_path, bench_doc(no_cpu_case)) == 1  # our own entry missing still fails
