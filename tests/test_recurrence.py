@@ -92,7 +92,8 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     w_hr_tb = np.ascontiguousarray(w_hr.T)[None] if proj else np.empty((0, 0, 0), dtype)
     bias = rng.standard_normal(4 * H).astype(dtype)
     cpu_rec.recurrence_forward(xg, d * 4 * H, bias, np.ascontiguousarray(w_hh.T)[None], w_hr_tb,
-                               h0, c0, lengths, reverse, y, d * P, h_n, c_n, gates, cs, True)
+                               h0, c0, lengths, reverse, y, d * P, h_n, c_n, gates, cs, True,
+                               B, 3)
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -111,7 +112,7 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     dc0 = np.full((B, H), np.nan, dtype)
     cpu_rec.recurrence_backward(dy, d * P, gates, cs, c0, dh_n, dc_n, w_hh[None],
                                 w_hr[None] if proj else np.empty((0, 0, 0), dtype), lengths,
-                                reverse, dgates, dhp, dh0, dc0)
+                                reverse, dgates, dhp, dh0, dc0, 3, B)
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
         dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
         reverse)
@@ -140,9 +141,25 @@ def test_blocked_step_products_match_reference(cfg, dtype, monkeypatch):
     assert any(v.shape[0] > 1 for v in p.params.__dict__["_cpu_blocks"].values())
 
 
-def test_block_width_rule():
-    from fastlstm.kernels.cpu.lstm import block_width
-    assert block_width(4, 128, 512) == 512           # already small: one call
-    assert block_width(16, 256, 1024) == 128         # 16*256*128 = 524288 <= 1e6
-    assert block_width(64, 256, 1024) == 32
-    assert block_width(128, 1024, 4096) == 4096      # no block fits: one call
+def test_block_shape_rule():
+    from fastlstm.kernels.cpu.lstm import block_shape
+    assert block_shape(4, 128, 512) == (512, 4)          # already small: one call
+    assert block_shape(16, 256, 1024) == (128, 16)       # 16*256*128 = 524288 <= 1e6
+    assert block_shape(64, 256, 1024) == (32, 64)
+    assert block_shape(64, 1024, 256) == (16, 61)        # rows chunked too: 61*1024*16 <= 1e6
+    assert block_shape(128, 1024, 4096) == (4096, 128)   # > 2^26: one threaded call
+    assert block_shape(64, 1024, 250) == (250, 3)        # no 16-column divisor: rows only
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_row_chunked_step_products_match_reference(dtype, monkeypatch):
+    """Force row chunks as well as column blocks in every per-step product."""
+    from fastlstm.kernels.cpu import lstm as cpu_lstm
+    cfg = Config(T=5, B=7, I=4, H=32, proj=16, bidirectional=True, lengths=True)
+    monkeypatch.setattr(cpu_lstm, "SMALL_GEMM_MNK", 2 * 32 * 16)  # 16 columns x 2 rows (K=32)
+    assert cpu_lstm.block_shape(7, 16, 128) == (16, 4)   # forward W_hh: columns and rows
+    assert cpu_lstm.block_shape(7, 128, 16) == (16, 1)   # backward W_hh: rows only
+    p = make_problem(cfg, dtype, seed=13)
+    f_ref, b_ref = run(p, "reference")
+    f_cpu, b_cpu = run(p, "cpu")
+    compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))

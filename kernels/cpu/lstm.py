@@ -20,7 +20,7 @@ import numpy as np
 
 from .recurrence import recurrence_backward, recurrence_forward
 
-__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "SMALL_GEMM_MNK", "workspace",
+__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "block_shape", "SMALL_GEMM_MNK", "workspace",
            "release_workspace"]
 
 #: OpenBLAS runs products with M*N*K at most this without packing (its small-matrix kernel);
@@ -52,33 +52,50 @@ def release_workspace() -> None:
     _tls.__dict__.pop("pool", None)
 
 
-def block_width(M: int, K: int, N: int) -> int:
-    """Columns per block for an (M, K) x (K, N) product: all N when the product is already
-    small or no block fits; else the widest multiple of 16 dividing N with M*K*width under
-    the threshold."""
-    if M * K * N <= SMALL_GEMM_MNK:
-        return N
-    best = N
+#: Per-step products larger than this (M*N*K) run as one BLAS call: long enough to amortise
+#: waking OpenBLAS's threads. Below it, the blocks run on OpenBLAS's single-threaded
+#: small-matrix kernel (measured in the recurrence at 2 threads: bench/NOTES.md).
+SPLIT_MAX_MNK = 1 << 26
+
+
+def block_shape(M: int, K: int, N: int) -> tuple[int, int]:
+    """(columns per block, rows per chunk) for the per-step product (M, K) x (K, N).
+
+    One call (N, M) when the product is already under the small-matrix threshold or over
+    SPLIT_MAX_MNK; else the widest multiple of 16 dividing N with M*K*width under the
+    threshold; if even that is over it, the narrowest such width (16, or N when N has no
+    such divisor) in chunks of rows under the threshold.
+    """
+    if M * K * N <= SMALL_GEMM_MNK or M * K * N > SPLIT_MAX_MNK:
+        return N, M
+    best = 0
     for w in range(16, N, 16):
         if N % w == 0 and M * K * w <= SMALL_GEMM_MNK:
             best = w
-    return best
+    if best:
+        return best, M
+    w = 16 if (N % 16 == 0 and N > 16) else N
+    return w, max(1, min(M, SMALL_GEMM_MNK // (K * w)))
+
+
+def block_width(M: int, K: int, N: int) -> int:
+    return block_shape(M, K, N)[0]
 
 
 def col_blocks(params, key, w, M):
-    """``w`` (K, N) as contiguous column blocks (n, K, N/n) for products with M rows; memoised
-    on the (immutable) params. A single block is a view, not a copy."""
+    """``w`` (K, N) as contiguous column blocks (n, K, N/n) for products with M rows, and the
+    rows per chunk; memoised on the (immutable) params. A single block is a view."""
     K, N = w.shape
     if K == 0:
-        return np.empty((0, 0, 0), w.dtype)
-    nb = block_width(M, K, N)
+        return np.empty((0, 0, 0), w.dtype), max(M, 1)
+    nb, mb = block_shape(M, K, N)
     if nb == N:
-        return w.reshape(1, K, N)
+        return w.reshape(1, K, N), mb
     memo = params.__dict__.setdefault("_cpu_blocks", {})
     mk = (key, nb)
     if mk not in memo:
         memo[mk] = np.ascontiguousarray(w.reshape(K, N // nb, nb).transpose(1, 0, 2))
-    return memo[mk]
+    return memo[mk], mb
 
 
 def _prepare(params, layer):
@@ -132,10 +149,11 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
             k = layer * D + d
             gates = np.empty((T, B, 4 * H), dt) if training else empty3
             cs = np.empty((T, B, H), dt) if training else empty3
-            w_hh_tb = col_blocks(params, ("w_hh_t", layer, d), w_hh_t[d], B)
-            w_hr_tb = col_blocks(params, ("w_hr_t", layer, d), w_hr_t[d], B)
+            w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), w_hh_t[d], B)
+            w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), w_hr_t[d], B)
             recurrence_forward(xg, d * 4 * H, prep["bias"][d], w_hh_tb, w_hr_tb, h0[k], c0[k],
-                               lengths, d == 1, y, d * P, h_n[k], c_n[k], gates, cs, training)
+                               lengths, d == 1, y, d * P, h_n[k], c_n[k], gates, cs, training,
+                               mb_hh, mb_hr)
             dirs.append((gates, cs))
         del xg
         if training:
@@ -174,10 +192,11 @@ def lstm_backward(state, dy, dh_n, dc_n):
             k = layer * D + d
             dgates = workspace("dgates", (T, B, 4 * H), dt)  # consumed before the next direction
             dhp = workspace("dhp", (T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
-            w_hh_b = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], B)
-            w_hr_b = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], B)
+            w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], B)
+            w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], B)
             recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k], w_hh_b,
-                                w_hr_b, lengths, d == 1, dgates, dhp, dh0[k], dc0[k])
+                                w_hr_b, lengths, d == 1, dgates, dhp, dh0[k], dc0[k], mb_hh,
+                                mb_hr)
             dg2 = dgates.reshape(TB, 4 * H)
             s = f"_l{layer}{params.suffix(d)}"
             dparams["weight_ih" + s] = dg2.T @ x2

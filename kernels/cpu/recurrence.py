@@ -14,7 +14,8 @@ Each step: ``z = h @ W_hh^T`` for the whole batch (BLAS: measured faster than ha
 loops at every batch size, even B = 1 — see bench/NOTES.md). The product is issued as n
 column blocks, each small enough (M*K*N <= 1e6) for OpenBLAS's small-matrix kernel, which
 skips packing the weights on every call: ~110 GFLOP/s on one core against 36-95 for one
-call at B = 8..128 (measured; ``kernels/cpu/lstm.py::col_blocks`` picks n). Then one fused, branch-free,
+call at B = 8..128 (measured; ``kernels/cpu/lstm.py::block_shape`` picks the blocks, also
+splitting rows when even 16 columns are over the threshold). Then one fused, branch-free,
 vectorised pass over each sequence's row adds the input projection and the bias, applies the
 activations and updates c and h in place. Steps past a sequence's end leave its state
 unchanged and write 0 to ``y``, which gives packed-sequence semantics for both directions
@@ -31,17 +32,23 @@ from .activations import half_like, one_like, tanh_row
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 @njit(**_OPTS)
-def _bdot(a, wb, zp, out):
-    """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks; ``zp`` (n, B, N/n) is
-    scratch. One BLAS call per block (a single call, straight into ``out``, when n == 1)."""
+def _bdot(a, wb, zp, out, mb):
+    """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks, issued in row chunks
+    of ``mb`` rows; ``zp`` (n, B, N/n) is scratch. With n == 1 the products go straight into
+    ``out``; one BLAS call in all when also mb >= B."""
     n = wb.shape[0]
+    B = a.shape[0]
     if n == 1:
-        np.dot(a, wb[0], out)
+        for r0 in range(0, B, mb):
+            r1 = min(r0 + mb, B)
+            np.dot(a[r0:r1], wb[0], out[r0:r1])
         return
     nb = wb.shape[2]
     for i in range(n):
-        np.dot(a, wb[i], zp[i])
-    for b in range(a.shape[0]):
+        for r0 in range(0, B, mb):
+            r1 = min(r0 + mb, B)
+            np.dot(a[r0:r1], wb[i], zp[i, r0:r1])
+    for b in range(B):
         ob = out[b]
         for i in range(n):
             zb = zp[i, b]
@@ -82,8 +89,9 @@ def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
 
 @njit(**_OPTS)
 def recurrence_forward(xg, xg_off, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
-                       y, y_off, h_n, c_n, gates_out, c_out, training):
-    """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases)."""
+                       y, y_off, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr):
+    """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases); ``mb_hh``,
+    ``mb_hr``: rows per chunk of the two per-step products (>= B: unchunked)."""
     T, B = xg.shape[0], xg.shape[1]
     H = c0.shape[1]
     P = h0.shape[1]
@@ -102,7 +110,7 @@ def recurrence_forward(xg, xg_off, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reve
         t = T - 1 - s if reverse else s
         # Training: the step's gates are activated in place in the saved buffer (no copy).
         z = gates_out[t] if training else z_work
-        _bdot(h, w_hh_tb, zp, z)
+        _bdot(h, w_hh_tb, zp, z, mb_hh)
         for b in range(B):
             if t < lengths[b]:
                 _cell_forward(z[b], xg[t, b, xg_off:xg_off + G], bias, c[b], hh[b], H, s1, s2)
@@ -114,7 +122,7 @@ def recurrence_forward(xg, xg_off, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reve
                     z[b, :] = 0.0
                     c_out[t, b, :] = 0.0
         if has_proj:
-            _bdot(hh, w_hr_tb, hpp, hp)
+            _bdot(hh, w_hr_tb, hpp, hp, mb_hr)
             src = hp
         else:
             src = hh
@@ -159,7 +167,7 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 
 @njit(**_OPTS)
 def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths, reverse,
-                        dgates, dhp_out, dh0, dc0):
+                        dgates, dhp_out, dh0, dc0, mb_hh, mb_hr):
     """Backward through one direction of one layer.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
@@ -195,7 +203,7 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, l
                 dpb[:] = 0.0
         if has_proj:
             dhp_out[t, :, :] = dhp
-            _bdot(dhp, w_hr_b, zpp, dhh)
+            _bdot(dhp, w_hr_b, zpp, dhh, mb_hr)
             src = dhh
         else:
             src = dhp
@@ -207,7 +215,7 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, l
                 _cell_backward(dgt[b], gates[t, b], cs[t, b], cprev, src[b], dc[b], H, s1, s2)
             else:
                 dgt[b, :] = 0.0
-        _bdot(dgt, w_hh_b, zp, dh_new)
+        _bdot(dgt, w_hh_b, zp, dh_new, mb_hh)
         for b in range(B):
             if t < lengths[b]:
                 dh[b, :] = dh_new[b]
