@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .recurrence import _simulating
+from .recurrence import _prev_step, _simulating
 
 _ZERO = np.float32(0.0)
 
@@ -21,6 +21,15 @@ def launch_1d(n: int):
     return max(1, min((n + 255) // 256, 4096)), 256
 
 
+@cuda.jit(device=True, inline=True)
+def _unravel3(idx, n1, n2):
+    """``(i, j, k)`` of flat index ``idx`` in a C-ordered (n0, n1, n2) array."""
+    k = idx % n2
+    j = (idx // n2) % n1
+    i = idx // (n1 * n2)
+    return i, j, k
+
+
 @cuda.jit
 def copy3(src, dst, swap01):
     """``dst[i, j, k] = src[j, i, k]`` if ``swap01`` else ``src[i, j, k]`` (with a cast)."""
@@ -28,9 +37,7 @@ def copy3(src, dst, swap01):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for idx in range(start, n0 * n1 * n2, step):
-        k = idx % n2
-        j = (idx // n2) % n1
-        i = idx // (n1 * n2)
+        i, j, k = _unravel3(idx, n1, n2)
         if swap01:
             dst[i, j, k] = src[j, i, k]
         else:
@@ -53,9 +60,7 @@ def mul3(a, m, out):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for idx in range(start, n0 * n1 * n2, step):
-        k = idx % n2
-        j = (idx // n2) % n1
-        i = idx // (n1 * n2)
+        i, j, k = _unravel3(idx, n1, n2)
         out[i, j, k] = a[i, j, k] * m[i, j, k]
 
 
@@ -73,17 +78,10 @@ def build_hprev(y, h0, lengths, hprev):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for idx in range(start, T * B * DP, step):
-        col = idx % DP
-        b = (idx // DP) % B
-        t = idx // (B * DP)
+        t, b, col = _unravel3(idx, B, DP)
         d = col // P
         k = col % P
-        if d == 1:
-            first = t == lengths[b] - 1
-            prev = t + 1
-        else:
-            first = t == 0
-            prev = t - 1
+        first, prev = _prev_step(t, b, d, lengths)
         if first:
             v = h0[d, b, k]
         elif 0 <= prev < T:
@@ -101,9 +99,7 @@ def out_tanh(gates, cs, H, hh):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for idx in range(start, T * B * DH, step):
-        col = idx % DH
-        b = (idx // DH) % B
-        t = idx // (B * DH)
+        t, b, col = _unravel3(idx, B, DH)
         d = col // H
         j = col % H
         hh[t, b, col] = gates[t, b, d * 4 * H + 3 * H + j] * math.tanh(cs[t, b, col])

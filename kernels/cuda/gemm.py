@@ -32,6 +32,30 @@ _ZERO = np.float32(0.0)
 _MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y (and z); gridDim.x goes to 2**31 - 1
 
 
+@cuda.jit(device=True, inline=True)
+def _load_tile(X, s, k_major, o0, n_outer, k0, K, tid, NT, BO, BK):
+    """Stages a ``BO x BK`` tile of a matrix with logical shape (n_outer, K) into the shared
+    ``s[kk, r]`` (0 outside the matrix), rows from ``o0`` and depth from ``k0``. ``k_major``:
+    stored (K, n_outer), else (n_outer, K); either way consecutive threads walk the stored
+    array's last index (coalesced reads). Holds no barrier: the caller syncs after both tiles."""
+    for idx in range(tid, BO * BK, NT):
+        if k_major:
+            kk = idx // BO
+            r = idx % BO
+        else:
+            r = idx // BK
+            kk = idx % BK
+        o = o0 + r
+        k = k0 + kk
+        v = _ZERO
+        if o < n_outer and k < K:
+            if k_major:
+                v = X[k, o]
+            else:
+                v = X[o, k]
+        s[kk, r] = v
+
+
 def _make_gemm(BM, BN, BK, TM, TN):
     NTX = BN // TN
     NTY = BM // TM
@@ -58,38 +82,10 @@ def _make_gemm(BM, BN, BK, TM, TN):
             for j in range(TN):
                 acc[i, j] = _ZERO
         for k0 in range(0, K, BK):
-            for idx in range(tid, BM * BK, NT):
-                if trans_a:  # A stored (K, M): consecutive threads walk m
-                    kk = idx // BM
-                    r = idx % BM
-                else:
-                    r = idx // BK
-                    kk = idx % BK
-                m = m0 + r
-                k = k0 + kk
-                v = _ZERO
-                if m < M and k < K:
-                    if trans_a:
-                        v = A[k, m]
-                    else:
-                        v = A[m, k]
-                sA[kk, r] = v
-            for idx in range(tid, BN * BK, NT):
-                if trans_b:  # B stored (N, K)
-                    cc = idx // BK
-                    kk = idx % BK
-                else:
-                    kk = idx // BN
-                    cc = idx % BN
-                n = n0 + cc
-                k = k0 + kk
-                v = _ZERO
-                if n < N and k < K:
-                    if trans_b:
-                        v = B[n, k]
-                    else:
-                        v = B[k, n]
-                sB[kk, cc] = v
+            # op(A) is (M, K): K-major when A is stored (K, M); op(B)^T is (N, K): K-major
+            # when B is stored as is, (K, N).
+            _load_tile(A, sA, trans_a, m0, M, k0, K, tid, NT, BM, BK)
+            _load_tile(B, sB, not trans_b, n0, N, k0, K, tid, NT, BN, BK)
             cuda.syncthreads()
             for kk in range(BK):
                 for i in range(TM):

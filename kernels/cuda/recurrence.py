@@ -56,6 +56,40 @@ def _sigmoid(z):
     return _HALF * math.tanh(_HALF * z) + _HALF
 
 
+@cuda.jit(device=True, inline=True)
+def _load4(a, t, b, col, H):
+    """The four gate columns (i, f, g, o) of one unit: ``a[t, b, col + q*H]`` for q = 0..3."""
+    return a[t, b, col], a[t, b, col + H], a[t, b, col + 2 * H], a[t, b, col + 3 * H]
+
+
+@cuda.jit(device=True, inline=True)
+def _store4(a, t, b, col, H, vi, vf, vg, vo):
+    """Writes the four gate columns of one unit (the layout :func:`_load4` reads)."""
+    a[t, b, col] = vi
+    a[t, b, col + H] = vf
+    a[t, b, col + 2 * H] = vg
+    a[t, b, col + 3 * H] = vo
+
+
+@cuda.jit(device=True, inline=True)
+def _zero_gates(t, b, j, d, a, H):
+    """Zeros the four gate columns of unit j, direction d (a padded step's gates or dgates)."""
+    _store4(a, t, b, d * 4 * H + j, H, _ZERO, _ZERO, _ZERO, _ZERO)
+
+
+@cuda.jit(device=True, inline=True)
+def _prev_step(t, b, d, lengths):
+    """``(first, prev)`` for step t of sequence b in direction d: whether t is the direction's
+    first step (it reads h0/c0), else the step it follows (t-1 forward, t+1 reverse)."""
+    if d == 1:
+        first = t == lengths[b] - 1
+        prev = t + 1
+    else:
+        first = t == 0
+        prev = t - 1
+    return first, prev
+
+
 def _simulating() -> bool:
     try:
         from numba.cuda.core import config  # numba-cuda >= 0.2x
@@ -65,6 +99,62 @@ def _simulating() -> bool:
 
 
 # ---------------------------------------------------------------------------------- forward
+@cuda.jit(device=True, inline=True)
+def _cell_forward(t, b, j, d, zi, zf, zg, zo, c, h_out, hh, y, gates, cs, has_proj, training):
+    """Valid step t of unit j, sequence b, direction d from its gate pre-activations: the
+    activations, the cell update (``c`` in place), the training saves, and the hidden value to
+    ``hh`` (with a projection) or to ``h_out`` and ``y``."""
+    H = c.shape[2]
+    P = h_out.shape[2]
+    col = d * 4 * H + j
+    gi = _sigmoid(zi)
+    gf = _sigmoid(zf)
+    gg = math.tanh(zg)
+    go = _sigmoid(zo)
+    cn = gf * c[d, b, j] + gi * gg
+    c[d, b, j] = cn
+    hv = go * math.tanh(cn)
+    if training:
+        _store4(gates, t, b, col, H, gi, gf, gg, go)
+        cs[t, b, d * H + j] = cn
+    if has_proj:
+        hh[d, b, j] = hv
+    else:
+        h_out[d, b, j] = hv
+        y[t, b, d * P + j] = hv
+
+
+@cuda.jit(device=True, inline=True)
+def _cell_padded(t, b, j, d, H, h_in, h_out, y, gates, cs, has_proj, training):
+    """Padded step t (past sequence b's end) of unit j: zero saves and output, state carried.
+    With a projection nothing is written to h (the projection carries it) nor to ``hh`` (the
+    projection does not read it on padded steps)."""
+    P = h_out.shape[2]
+    if training:
+        _zero_gates(t, b, j, d, gates, H)
+        cs[t, b, d * H + j] = _ZERO
+    if not has_proj:
+        h_out[d, b, j] = h_in[d, b, j]
+        y[t, b, d * P + j] = _ZERO
+
+
+@cuda.jit(device=True, inline=True)
+def _project_unit(t, b, p, d, hh, w_hr_t, h_in, h_out, y, lengths):
+    """Projected output p of sequence b at step t: ``hh[d, b, :] . W_hr[p, :]`` to ``h_out`` and
+    ``y`` on a valid step; on a padded one h carries over and y is 0."""
+    H = hh.shape[2]
+    P = h_out.shape[2]
+    if t < lengths[b]:
+        acc = _ZERO
+        for j in range(H):
+            acc += hh[d, b, j] * w_hr_t[d, j, p]
+        h_out[d, b, p] = acc
+        y[t, b, d * P + p] = acc
+    else:
+        h_out[d, b, p] = h_in[d, b, p]
+        y[t, b, d * P + p] = _ZERO
+
+
 @cuda.jit
 def step_forward(s, xg, w_hh_t, h_in, h_out, c, hh, y, gates, cs, lengths, has_proj, training):
     """One step of every direction: thread (j, d) owns hidden unit j of the sequences b it
@@ -87,46 +177,17 @@ def step_forward(s, xg, w_hh_t, h_in, h_out, c, hh, y, gates, cs, lengths, has_p
     for b in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, B,
                    cuda.gridDim.y * cuda.blockDim.y):
         if t < lengths[b]:
-            zi = xg[t, b, col]
-            zf = xg[t, b, col + H]
-            zg = xg[t, b, col + 2 * H]
-            zo = xg[t, b, col + 3 * H]
+            zi, zf, zg, zo = _load4(xg, t, b, col, H)
             for k in range(P):
                 hk = h_in[d, b, k]
                 zi += hk * w_hh_t[d, k, j]
                 zf += hk * w_hh_t[d, k, H + j]
                 zg += hk * w_hh_t[d, k, 2 * H + j]
                 zo += hk * w_hh_t[d, k, 3 * H + j]
-            gi = _sigmoid(zi)
-            gf = _sigmoid(zf)
-            gg = math.tanh(zg)
-            go = _sigmoid(zo)
-            cn = gf * c[d, b, j] + gi * gg
-            c[d, b, j] = cn
-            hv = go * math.tanh(cn)
-            if training:
-                gates[t, b, col] = gi
-                gates[t, b, col + H] = gf
-                gates[t, b, col + 2 * H] = gg
-                gates[t, b, col + 3 * H] = go
-                cs[t, b, d * H + j] = cn
-            if has_proj:
-                hh[d, b, j] = hv
-            else:
-                h_out[d, b, j] = hv
-                y[t, b, d * P + j] = hv
+            _cell_forward(t, b, j, d, zi, zf, zg, zo, c, h_out, hh, y, gates, cs, has_proj,
+                          training)
         else:
-            if training:
-                gates[t, b, col] = _ZERO
-                gates[t, b, col + H] = _ZERO
-                gates[t, b, col + 2 * H] = _ZERO
-                gates[t, b, col + 3 * H] = _ZERO
-                cs[t, b, d * H + j] = _ZERO
-            if has_proj:
-                hh[d, b, j] = _ZERO
-            else:
-                h_out[d, b, j] = h_in[d, b, j]
-                y[t, b, d * P + j] = _ZERO
+            _cell_padded(t, b, j, d, H, h_in, h_out, y, gates, cs, has_proj, training)
 
 
 @cuda.jit
@@ -136,22 +197,13 @@ def step_project(s, hh, w_hr_t, h_in, h_out, y, lengths):
     d = cuda.blockIdx.z
     T = y.shape[0]
     B = y.shape[1]
-    H = hh.shape[2]
     P = h_in.shape[2]
     if p >= P:
         return
     t = T - 1 - s if d == 1 else s
     for b in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, B,
                    cuda.gridDim.y * cuda.blockDim.y):
-        if t < lengths[b]:
-            acc = _ZERO
-            for j in range(H):
-                acc += hh[d, b, j] * w_hr_t[d, j, p]
-            h_out[d, b, p] = acc
-            y[t, b, d * P + p] = acc
-        else:
-            h_out[d, b, p] = h_in[d, b, p]
-            y[t, b, d * P + p] = _ZERO
+        _project_unit(t, b, p, d, hh, w_hr_t, h_in, h_out, y, lengths)
 
 
 @cuda.jit
@@ -202,6 +254,8 @@ def persistent_forward(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths,
     for s in range(T):
         cur = s % 2
         nxt = 1 - cur
+        h_cur = hbuf[cur]  # views (D, B, H_out): no copies
+        h_nxt = hbuf[nxt]
         for m in range(NV):
             v = cuda.blockIdx.x + m * cuda.gridDim.x
             if v < nvb:  # uniform over the block
@@ -212,7 +266,7 @@ def persistent_forward(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths,
                 for b in range(B):
                     acc = _ZERO
                     for k in range(ks, P, KS):
-                        acc += sm[wbase + k] * hbuf[cur, d, b, k]
+                        acc += sm[wbase + k] * h_cur[d, b, k]
                     sm[red + b * nt + tid] = acc
                 cuda.syncthreads()
                 for w in range(tid, B * JB, nt):
@@ -222,44 +276,18 @@ def persistent_forward(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths,
                     if j < H:
                         col = d * G + j
                         if t < lengths[b]:
-                            zi = xg[t, b, col]
-                            zf = xg[t, b, col + H]
-                            zg = xg[t, b, col + 2 * H]
-                            zo = xg[t, b, col + 3 * H]
+                            zi, zf, zg, zo = _load4(xg, t, b, col, H)
                             base = red + b * nt
                             for q in range(KS):
                                 zi += sm[base + (jr) * KS + q]
                                 zf += sm[base + (JB + jr) * KS + q]
                                 zg += sm[base + (2 * JB + jr) * KS + q]
                                 zo += sm[base + (3 * JB + jr) * KS + q]
-                            gi = _sigmoid(zi)
-                            gf = _sigmoid(zf)
-                            gg = math.tanh(zg)
-                            go = _sigmoid(zo)
-                            cn = gf * c[d, b, j] + gi * gg
-                            c[d, b, j] = cn
-                            hv = go * math.tanh(cn)
-                            if training:
-                                gates[t, b, col] = gi
-                                gates[t, b, col + H] = gf
-                                gates[t, b, col + 2 * H] = gg
-                                gates[t, b, col + 3 * H] = go
-                                cs[t, b, d * H + j] = cn
-                            if has_proj:
-                                hh[d, b, j] = hv
-                            else:
-                                hbuf[nxt, d, b, j] = hv
-                                y[t, b, d * P + j] = hv
+                            _cell_forward(t, b, j, d, zi, zf, zg, zo, c, h_nxt, hh, y, gates, cs,
+                                          has_proj, training)
                         else:
-                            if training:
-                                gates[t, b, col] = _ZERO
-                                gates[t, b, col + H] = _ZERO
-                                gates[t, b, col + 2 * H] = _ZERO
-                                gates[t, b, col + 3 * H] = _ZERO
-                                cs[t, b, d * H + j] = _ZERO
-                            if not has_proj:
-                                hbuf[nxt, d, b, j] = hbuf[cur, d, b, j]
-                                y[t, b, d * P + j] = _ZERO
+                            _cell_padded(t, b, j, d, H, h_cur, h_nxt, y, gates, cs, has_proj,
+                                         training)
                 cuda.syncthreads()  # the partial sums are reused by the next slice
         grid.sync()
         if has_proj:
@@ -268,15 +296,7 @@ def persistent_forward(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths,
                 b = (w // P) % B
                 p = w % P
                 t = T - 1 - s if d == 1 else s
-                if t < lengths[b]:
-                    acc = _ZERO
-                    for j in range(H):
-                        acc += hh[d, b, j] * w_hr_t[d, j, p]
-                    hbuf[nxt, d, b, p] = acc
-                    y[t, b, d * P + p] = acc
-                else:
-                    hbuf[nxt, d, b, p] = hbuf[cur, d, b, p]
-                    y[t, b, d * P + p] = _ZERO
+                _project_unit(t, b, p, d, hh, w_hr_t, h_cur, h_nxt, y, lengths)
             grid.sync()
 
 
@@ -292,36 +312,20 @@ def _cell_backward(t, b, j, d, d_h, gates, cs, c0, dc, dgates, lengths):
     H = dc.shape[2]
     G = 4 * H
     col = d * G + j
-    if d == 1:
-        first = t == lengths[b] - 1
-        prev = t + 1
-    else:
-        first = t == 0
-        prev = t - 1
-    gi = gates[t, b, col]
-    gf = gates[t, b, col + H]
-    gg = gates[t, b, col + 2 * H]
-    go = gates[t, b, col + 3 * H]
+    first, prev = _prev_step(t, b, d, lengths)
+    gi, gf, gg, go = _load4(gates, t, b, col, H)
     tc = math.tanh(cs[t, b, d * H + j])
     if first:
         c_prev = c0[d, b, j]
     else:
         c_prev = cs[prev, b, d * H + j]
     dct = dc[d, b, j] + d_h * go * (_ONE - tc * tc)
-    dgates[t, b, col] = dct * gg * gi * (_ONE - gi)
-    dgates[t, b, col + H] = dct * c_prev * gf * (_ONE - gf)
-    dgates[t, b, col + 2 * H] = dct * gi * (_ONE - gg * gg)
-    dgates[t, b, col + 3 * H] = d_h * tc * go * (_ONE - go)
+    _store4(dgates, t, b, col, H,
+            dct * gg * gi * (_ONE - gi),
+            dct * c_prev * gf * (_ONE - gf),
+            dct * gi * (_ONE - gg * gg),
+            d_h * tc * go * (_ONE - go))
     dc[d, b, j] = dct * gf
-
-
-@cuda.jit(device=True, inline=True)
-def _zero_dgates(t, b, j, d, dgates, H):
-    col = d * 4 * H + j
-    dgates[t, b, col] = _ZERO
-    dgates[t, b, col + H] = _ZERO
-    dgates[t, b, col + 2 * H] = _ZERO
-    dgates[t, b, col + 3 * H] = _ZERO
 
 
 @cuda.jit(device=True, inline=True)
@@ -363,7 +367,7 @@ def step_backward_fused(s, dy, gates, cs, c0, w_hh, dh, dc, dgates, lengths):
                 d_h = dy[t, b, d * H + j] + dhv
                 _cell_backward(t, b, j, d, d_h, gates, cs, c0, dc, dgates, lengths)
             else:
-                _zero_dgates(t, b, j, d, dgates, H)
+                _zero_gates(t, b, j, d, dgates, H)
 
 
 @cuda.jit
@@ -408,7 +412,7 @@ def step_backward_cell(s, dhp, w_hr, gates, cs, c0, dc, dgates, lengths):
                 acc += dhp[t, b, d * P + p] * w_hr[d, p, j]
             _cell_backward(t, b, j, d, acc, gates, cs, c0, dc, dgates, lengths)
         else:
-            _zero_dgates(t, b, j, d, dgates, H)
+            _zero_gates(t, b, j, d, dgates, H)
 
 
 # ---------------------------------------------------------------------------------- launchers
