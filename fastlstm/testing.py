@@ -9,7 +9,10 @@ import numpy as np
 __all__ = ["TOLERANCES", "rel_err", "tolerance", "assert_close"]
 
 #: Relative norm error allowed, per compute dtype and quantity ("forward" = y, h, c;
-#: "grad" = dx, dh0, dc0 and every parameter gradient).
+#: "grad" = dx, dh0, dc0 and every parameter gradient). The float32 bounds hold for
+#: reasonably conditioned problems, not for every input: float32 rounding alone can exceed
+#: them (over 300 seeds of a 3-layer LSTM projected to one unit, torch's own float32 forward
+#: is up to 3.7e-5 from the float64 result, ours up to 2.5e-5). Tests use fixed seeds.
 TOLERANCES = {
     np.dtype(np.float64): {"forward": 1e-10, "grad": 1e-10},
     np.dtype(np.float32): {"forward": 2e-5, "grad": 1e-4},

@@ -1,4 +1,6 @@
 """Parity with torch.nn.LSTM: forward and autograd, packed sequences, every feature mixed."""
+import zlib
+
 import numpy as np
 import pytest
 
@@ -63,7 +65,8 @@ def test_matches_torch(cfg, dtype, device):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cfg", _random_configs(24), ids=str)
 def test_matches_torch_random_configs(cfg, dtype):
-    _check(make_problem(cfg, dtype, seed=hash(str(cfg)) % 1000), dtype, "cpu")
+    # a stable seed (str hashes are randomised per process): the same data in every run
+    _check(make_problem(cfg, dtype, seed=zlib.crc32(str(cfg).encode()) % 1000), dtype, "cpu")
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[4], CONFIGS[5]], ids=str)
