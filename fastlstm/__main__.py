@@ -146,7 +146,8 @@ def _setup_torch(backends: list[str]) -> int | None:
 
 
 class _Measured:
-    """Check one (case, mode) on several backends, then time the ones that passed, interleaved."""
+    """Check one (case, mode) on several backends, then time the ones that passed (blocks per
+    backend, A B C then C B A: see fastlstm.bench.time_interleaved)."""
 
     def __init__(self, case, mode, backends, inputs, ref, torch_threads):
         self.case, self.mode = case, mode
@@ -231,7 +232,8 @@ def cmd_default(args) -> int:
     print(f"errors: max relative norm error of y/h/c (fwd) and of dx/dh0/dc0/every weight gradient "
           f"(grad); tolerance {tolerance(case.np_dtype, 'forward'):.0e} / "
           f"{tolerance(case.np_dtype, 'grad'):.0e} ({dtype}, fastlstm.testing)")
-    print("times: medians of interleaved rounds; first call includes compilation or cache loading")
+    print("times: medians of per-backend blocks of calls (A B C, then C B A); first call includes "
+          "compilation or cache loading")
     for be in backends:
         for r in (fwd_bwd[be], infer.get(be, {})):
             if r.get("status") == "FAIL":
@@ -608,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fastlstm.bench, --full for all of it, or --size) in the modes "
                                    "infer, train_fwd and fwd_bwd on every available backend. Each "
                                    "result is checked against the reference before it is timed; "
-                                   "backends are timed in interleaved rounds. Prints median time, "
+                                   "backends are timed in blocks of calls (A B C, then C B A). Prints median time, "
                                    "GFLOP/s (useful FLOPs, see fastlstm.bench) and speedups.")
     b.add_argument("--full", action="store_true", help="the whole registry (default: quick preset)")
     b.add_argument("--list", action="store_true", help="list the registry's cases and exit")

@@ -396,19 +396,30 @@ def max_errors(rows) -> tuple[float, float]:
 def time_interleaved(fns: dict[str, Callable], *, rounds: int | None = None, budget: float = 0.3,
                      min_rounds: int = 3, max_rounds: int = 200,
                      estimate: dict[str, float] | None = None) -> dict[str, list[float]]:
-    """Time each callable ``rounds`` times, round-robin (one call of each per round), so slow
-    drifts of a shared machine hit every backend alike. With ``rounds=None`` the count is what
-    fits in ``budget`` seconds given one-call ``estimate`` s (clamped to min/max_rounds)."""
+    """Time each callable ``rounds`` times, in blocks of consecutive calls per backend, in the
+    order A B C then C B A (half the rounds each), so slow drifts of a shared machine hit
+    every backend alike. Not call-by-call round-robin: after one backend's call, its BLAS or
+    OpenMP worker threads keep spinning for a while and take a core from the next backend's
+    call (measured: it understated torch by up to 2x at 2 threads, bench/NOTES.md). Each block
+    starts after a pause and one untimed call. With ``rounds=None`` the count is what fits in
+    ``budget`` seconds given one-call ``estimate`` s (clamped to min/max_rounds)."""
     if rounds is None:
         per_round = sum((estimate or {}).values()) or 1e-3
         rounds = int(min(max_rounds, max(min_rounds, budget / per_round)))
     times: dict[str, list[float]] = {k: [] for k in fns}
     clock = time.perf_counter
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = clock()
-            fn()
-            times[k].append(clock() - t0)
+    first = (rounds + 1) // 2
+    order = list(fns.items())
+    for block, n in ((order, first), (order[::-1], rounds - first)):
+        for k, fn in block:
+            if n <= 0:
+                continue
+            time.sleep(0.02)  # let the previous backend's worker threads go idle
+            fn()  # untimed
+            for _ in range(n):
+                t0 = clock()
+                fn()
+                times[k].append(clock() - t0)
     return times
 
 
