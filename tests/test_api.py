@@ -367,3 +367,18 @@ def test_lstm_module_state_dict_round_trip():
     with pytest.raises(ValueError, match="unknown device"):
         LSTM(3, 5, device="gpu")
     assert "LSTM(3, 5" in repr(a)
+
+
+def test_workspace_is_per_thread_and_releasable():
+    from fastlstm.kernels.cpu import lstm as cpu_lstm
+    p = make_problem(Config(T=4, B=2, I=3, H=4), np.float32, seed=0)
+    a = fastlstm.forward(p.x, p.params, device="cpu")
+    cpu_lstm.release_workspace()
+    b = fastlstm.forward(p.x, p.params, device="cpu")  # re-allocates after a release
+    np.testing.assert_array_equal(a.y, b.y)
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(cpu_lstm.workspace("xg", (3,), np.float32)))
+    t.start()
+    t.join()
+    mine = cpu_lstm.workspace("xg", (3,), np.float32)
+    assert not np.shares_memory(seen[0], mine)
