@@ -346,8 +346,7 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32,
                  device="auto", seed=None):
-        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout <= 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        dropout = check_training_and_dropout(True, dropout)  # forward's rule
         dispatch.resolve_device(device, None)
         self.params = LSTMParams.init(input_size, hidden_size, num_layers, bias=bias,
                                       bidirectional=bidirectional, proj_size=proj_size,

@@ -366,6 +366,9 @@ def test_lstm_module_state_dict_round_trip():
         LSTM(3, 6).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="unknown device"):
         LSTM(3, 5, device="gpu")
+    for bad in (True, 1.5, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="dropout"):
+            LSTM(3, 5, dropout=bad)
     assert "LSTM(3, 5" in repr(a)
 
 
