@@ -190,24 +190,22 @@ def prepare_host_inputs(x, params: LSTMParams, h0=None, c0=None, *, lengths=None
     h_shape, c_shape = (L * D, B, P), (L * D, B, H)
     if c0 is not None and h0 is None:
         raise ValueError("c0 was given without h0; pass both (or h0 alone, with c0 = 0)")
-    if h0 is None:
-        h0a = np.zeros(h_shape, dt)
-    else:
-        h0a = _as_compute(_check_state(h0, "h0", h_shape, unbatched).reshape(h_shape), dt)
-    if c0 is None:
-        c0a = np.zeros(c_shape, dt)
-    else:
-        c0a = _as_compute(_check_state(c0, "c0", c_shape, unbatched).reshape(c_shape), dt)
+    h0_host = None if h0 is None else _check_state(h0, "h0", h_shape, unbatched)
+    c0_host = None if c0 is None else _check_state(c0, "c0", c_shape, unbatched)
+    h0a = np.zeros(h_shape, dt) if h0_host is None else _as_compute(h0_host.reshape(h_shape), dt)
+    c0a = np.zeros(c_shape, dt) if c0_host is None else _as_compute(c0_host.reshape(c_shape), dt)
     lens = _check_lengths(lengths, B, T)
 
     xc = _as_compute(xt, dt)
-    if training:  # the cache must own what it keeps: the caller may reuse x, h0, c0
+    if training:  # the cache must own what it keeps: the caller may reuse its arrays
         if np.shares_memory(xc, xa):
             xc = xc.copy()
-        if h0 is not None and np.shares_memory(h0a, np.asarray(h0)):
+        if h0_host is not None and np.shares_memory(h0a, h0_host):
             h0a = h0a.copy()
-        if c0 is not None and np.shares_memory(c0a, np.asarray(c0)):
+        if c0_host is not None and np.shares_memory(c0a, c0_host):
             c0a = c0a.copy()
+        if lengths is not None:
+            lens = lens.copy()
     masks = _dropout_masks(params, T, B, dropout, seed) if training else None
     return PreparedInputs(xc, h0a, c0a, lens, masks, bool(training), bool(batch_first),
                           unbatched, tuple(x_shape))

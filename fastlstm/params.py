@@ -222,7 +222,10 @@ class LSTMParams:
             layers += 1
         proj = 0
         if "weight_hr_l0" in mapping:
-            proj = int(np.shape(_to_numpy(mapping["weight_hr_l0"], "weight_hr_l0"))[0])
+            w_hr = _to_numpy(mapping["weight_hr_l0"], "weight_hr_l0")
+            if w_hr.ndim != 2 or w_hr.shape[1] != hidden:
+                raise ValueError(f"weight_hr_l0 must have shape (proj_size, {hidden}), got {w_hr.shape}")
+            proj = int(w_hr.shape[0])
         if dtype is None:
             dtype = w_ih.dtype if w_ih.dtype in SUPPORTED_DTYPES else np.float32
         return cls(dict(mapping), input_size=w_ih.shape[1], hidden_size=hidden,
@@ -237,8 +240,14 @@ class LSTMParams:
         return LSTMParams(self._arrays, **{**self.config(), "dtype": dtype})
 
     def save(self, path) -> None:
-        """Write to an ``.npz`` file (arrays plus the configuration; no pickles)."""
-        np.savez(path, __config__=np.array(json.dumps(self.config())), **self._arrays)
+        """Write to ``path`` exactly as given (``.npz`` format: arrays plus the configuration, no
+        pickles), or to a writable binary file object; :meth:`load` reads it back."""
+        arrays = dict(__config__=np.array(json.dumps(self.config())), **self._arrays)
+        if isinstance(path, (str, os.PathLike)):
+            with open(path, "wb") as f:  # np.savez(path) would append ".npz" to the name
+                np.savez(f, **arrays)
+        else:
+            np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path) -> "LSTMParams":

@@ -64,3 +64,13 @@ def test_forward_propagates_nan_like_torch(dtype):
     cpu = fastlstm.forward(x, p, device="cpu")
     np.testing.assert_array_equal(np.isnan(cpu.y), np.isnan(ref.y))
     assert np.all(np.isnan(cpu.y[2:, 1])) and not np.any(np.isnan(cpu.y[:, 0]))
+
+
+def test_float32_saturation_is_exact_like_torch():
+    """Where correctly rounded float32 tanh is +-1, so is ours: saturated gates get an exactly
+    zero derivative (sigmoid(z) = 0.5 tanh(z/2) + 0.5 saturates for |z| >= 18.03)."""
+    x = np.array([9.02, 12.0, 1e4, -9.02, -1e4], np.float32)
+    np.testing.assert_array_equal(act.tanh(x), [1, 1, 1, -1, -1])
+    np.testing.assert_array_equal(np.tanh(x.astype(np.float64)).astype(np.float32), [1, 1, 1, -1, -1])
+    s = act.sigmoid(np.array([18.1, 1e4, -18.1, -1e4], np.float32))
+    np.testing.assert_array_equal(s, [1, 1, 0, 0])

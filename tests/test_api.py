@@ -385,3 +385,44 @@ def test_workspace_is_per_thread_and_releasable():
     t.join()
     mine = cpu_lstm.workspace("xg", (3,), np.float32)
     assert not np.shares_memory(seen[0], mine)
+
+
+def test_cache_owns_lengths():
+    """Reusing the lengths array after a training forward does not change backward."""
+    p = make_problem(Config(T=5, B=3, I=3, H=4, lengths=True), np.float64, seed=0)
+    lens = np.array(p.lengths, dtype=np.int64)  # int64, C-contiguous: no conversion copy
+    tr = fastlstm.forward(p.x, p.params, lengths=lens, training=True, device="cpu")
+    g1 = fastlstm.backward(tr.cache, p.dy)
+    lens[:] = 1
+    g2 = fastlstm.backward(tr.cache, p.dy)
+    np.testing.assert_array_equal(g1.dx, g2.dx)
+
+
+@pytest.mark.skipif(torch is None, reason="torch is not installed")
+def test_states_as_tensors_requiring_grad_in_training():
+    p = make_problem(Config(T=4, B=2, I=3, H=4), np.float32, seed=0)
+    h0 = torch.tensor(p.h0, requires_grad=True)
+    c0 = torch.tensor(p.c0, requires_grad=True)
+    a = fastlstm.forward(p.x, p.params, h0, c0, training=True)
+    b = fastlstm.forward(p.x, p.params, p.h0, p.c0, training=True)
+    np.testing.assert_array_equal(a.y, b.y)
+    m = LSTM(3, 4, seed=0)
+    y, _ = m(p.x, (h0, c0))  # training mode by default
+    assert y.shape == (4, 2, 4)
+
+
+def test_save_load_round_trip_without_suffix(tmp_path):
+    p = LSTMParams.init(3, 5, proj_size=2, seed=0)
+    path = tmp_path / "model"  # no ".npz": written and read under exactly this name
+    p.save(path)
+    q = LSTMParams.load(path)
+    assert all(np.array_equal(p[k], q[k]) for k in p)
+    p.save(str(tmp_path / "m.npz"))
+    assert LSTMParams.load(str(tmp_path / "m.npz")).config() == p.config()
+
+
+def test_malformed_projection_weight_is_a_value_error():
+    sd = LSTMParams.init(3, 5, proj_size=2, seed=0).state_dict()
+    for bad in (np.float32(1.0), np.zeros(2, np.float32), np.zeros((2, 4), np.float32)):
+        with pytest.raises(ValueError, match="weight_hr_l0 must have shape"):
+            LSTMParams.from_state_dict({**sd, "weight_hr_l0": bad})

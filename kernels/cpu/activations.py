@@ -49,6 +49,7 @@ _B4 = np.float32(1.18534705686654e-04)
 _B6 = np.float32(1.19825839466702e-06)
 _HALF32 = np.float32(0.5)
 _ONE32 = np.float32(1.0)
+_SAT = np.float32(9.011)
 
 
 def tanh(x):
@@ -79,6 +80,9 @@ def _tanh_ol(x):
             q = q * x2 + _B2
             q = q * x2 + _B0
             r = x * p / q
+            # exactly +-1 where correctly rounded float32 tanh is (|x| >= 9.011): saturated
+            # gates get a derivative of exactly 0, as in torch
+            r = r if abs(x0) < _SAT else (_ONE32 if x0 > 0 else -_ONE32)
             return r if x0 == x0 else x0  # NaN in, NaN out
         return impl
 
