@@ -147,7 +147,7 @@ def _setup_torch(backends: list[str]) -> int | None:
 
 class _Measured:
     """Check one (case, mode) on several backends, then time the ones that passed (blocks per
-    backend, A B C then C B A: see fastlstm.bench.time_interleaved)."""
+    backend, A B C then C B A: see fastlstm.bench.time_backends)."""
 
     def __init__(self, case, mode, backends, inputs, ref, torch_threads):
         self.case, self.mode = case, mode
@@ -181,7 +181,7 @@ class _Measured:
         self.runners, self.estimates = runners, estimates
 
     def time(self, rounds=None, budget=0.5, min_rounds=3, max_rounds=100):
-        times = fb.time_interleaved(self.runners, rounds=rounds, budget=budget,
+        times = fb.time_backends(self.runners, rounds=rounds, budget=budget,
                                     min_rounds=min_rounds, max_rounds=max_rounds,
                                     estimate=self.estimates)
         gflop = self.case.gflop(self.mode)

@@ -41,7 +41,7 @@ FORWARD_KEYS = ("y", "h", "c")
 
 __all__ = ["Case", "Inputs", "CASES", "QUICK", "CHECK_CASES", "MODES", "BACKENDS", "get_case",
            "available_backends", "torch_available", "make_runner", "reference_outputs",
-           "compare_outputs", "time_interleaved", "measure_sgemm", "supports"]
+           "compare_outputs", "time_backends", "measure_sgemm", "supports"]
 
 
 @dataclass
@@ -393,7 +393,7 @@ def max_errors(rows) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------- timing
-def time_interleaved(fns: dict[str, Callable], *, rounds: int | None = None, budget: float = 0.3,
+def time_backends(fns: dict[str, Callable], *, rounds: int | None = None, budget: float = 0.3,
                      min_rounds: int = 3, max_rounds: int = 200,
                      estimate: dict[str, float] | None = None) -> dict[str, list[float]]:
     """Time each callable ``rounds`` times, in blocks of consecutive calls per backend, in the
