@@ -394,8 +394,8 @@ def max_errors(rows) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------- timing
 def time_backends(fns: dict[str, Callable], *, rounds: int | None = None, budget: float = 0.3,
-                     min_rounds: int = 3, max_rounds: int = 200,
-                     estimate: dict[str, float] | None = None) -> dict[str, list[float]]:
+                  min_rounds: int = 3, max_rounds: int = 200,
+                  estimate: dict[str, float] | None = None) -> dict[str, list[float]]:
     """Time each callable ``rounds`` times, in blocks of consecutive calls per backend, in the
     order A B C then C B A (half the rounds each), so slow drifts of a shared machine hit
     every backend alike. Not call-by-call round-robin: after one backend's call, its BLAS or
