@@ -94,9 +94,9 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     cs = np.full((T, B, H), np.nan, dtype)
     w_hr_tb = np.ascontiguousarray(w_hr.T)[None] if proj else np.empty((0, 0, 0), dtype)
     bias = rng.standard_normal(4 * H).astype(dtype)
-    cpu_rec.recurrence_forward(xg, d * 4 * H, bias, np.ascontiguousarray(w_hh.T)[None], w_hr_tb,
-                               h0, c0, lengths, reverse, y, d * P, h_n, c_n, gates, cs, True,
-                               B, 3)
+    cpu_rec.recurrence_forward(xg, d * 4 * H, 0, bias, np.ascontiguousarray(w_hh.T)[None],
+                               w_hr_tb, h0, c0, lengths, reverse, y, d * P, 0, h_n, c_n, gates, cs,
+                               True, B, 3)
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -113,7 +113,7 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     dhp = np.full((T, B, P), np.nan, dtype) if proj else np.empty((0, 0, 0), dtype)
     dh0 = np.full((B, P), np.nan, dtype)
     dc0 = np.full((B, H), np.nan, dtype)
-    cpu_rec.recurrence_backward(dy, d * P, gates, cs, c0, dh_n, dc_n, w_hh[None],
+    cpu_rec.recurrence_backward(dy, d * P, 0, gates, cs, c0, dh_n, dc_n, w_hh[None],
                                 w_hr[None] if proj else np.empty((0, 0, 0), dtype), lengths,
                                 reverse, dgates, dhp, dh0, dc0, 3, B)
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(

@@ -18,6 +18,8 @@ import threading
 
 import numpy as np
 
+from .parallel import (can_pin, grad_gemms, matmul_into, matmul_tn_into, num_threads, run_tasks,
+                       single_threaded_blas, split_rows)
 from .recurrence import recurrence_backward, recurrence_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "col_blocks", "block_shape", "SMALL_GEMM_MNK", "workspace",
@@ -123,8 +125,77 @@ def _prepare_uncached(params, layer):
         # b_ih + b_hh, added inside the recurrence's fused loop (zeros without biases)
         bias.append(bi + bh if bi is not None else np.zeros(wh.shape[0], dt))
     w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
-    return dict(w_ih_cat_t=w_ih_cat_t, bias=bias, w_hh_t=w_hh_t, w_hr_t=w_hr_t, w_hh=w_hh,
+    # per direction, for the parallel path's own phase 1 (kernels/cpu/parallel.py)
+    w_ih_t = [np.ascontiguousarray(w.T) for w in w_ih]
+    return dict(w_ih_cat_t=w_ih_cat_t, w_ih_t=w_ih_t, bias=bias, w_hh_t=w_hh_t, w_hr_t=w_hr_t, w_hh=w_hh,
                 w_hr=w_hr)
+
+
+#: Useful FLOPs of one layer below which it runs serially: a task hand-off costs tens of
+#: microseconds, and small calls gain little from a second core (bench/NOTES.md, item 9).
+PARALLEL_MIN_FLOP = 20e6
+#: Fewest batch rows per task: each core reads the whole weight matrix every step, so very
+#: thin slices add weight traffic without saving much arithmetic.
+PARALLEL_MIN_ROWS = 4
+
+
+def plan_tasks(D, B, flop):
+    """The independent recurrences of one layer as ``(direction, b0, b1)`` tasks, or None to run
+    the layer serially (one thread, or a call too small to gain, or SciPy's BLAS not pinnable:
+    ``kernels/cpu/parallel.py``). Directions first, then batch slices for the cores left."""
+    n = num_threads()
+    if n < 2 or flop < PARALLEL_MIN_FLOP or not can_pin():
+        return None
+    parts = max(1, min(n // D, B // PARALLEL_MIN_ROWS))
+    if parts * D < 2:
+        return None
+    return [(d, b0, b1) for d in range(D) for b0, b1 in split_rows(B, parts)]
+
+
+def _layer_flop(T, B, I, H, P, D, proj):
+    return 2.0 * T * B * D * (4 * H * (I + P) + (H * P if proj else 0))
+
+
+def _run(fn, tasks, parallel):
+    if parallel:
+        with single_threaded_blas():
+            run_tasks(fn, tasks)
+    else:
+        for t in tasks:
+            fn(*t)
+
+
+def _sum(arrays):
+    if arrays[0] is None:
+        return None
+    total = arrays[0]
+    for a in arrays[1:]:
+        total += a
+    return total
+
+
+def _h_prev(y_l, h0k, d, P, t0, t1, last_step, batch):
+    """The state each step of direction ``d`` read, for steps [t0, t1): (t1 - t0, B, P).
+
+    Outputs are exactly 0 past each sequence's end, so the shifted output sequence is h_prev
+    everywhere except at the step that read h0 (forward: t = 0; reverse: each sequence's last
+    valid step). Values on padded steps do not matter (their gate gradients are 0)."""
+    T = y_l.shape[0]
+    hs = y_l[:, :, d * P:(d + 1) * P]
+    hp = np.empty((t1 - t0,) + hs.shape[1:], y_l.dtype)
+    if d == 0:
+        lo = max(t0, 1)
+        hp[lo - t0:] = hs[lo - 1:t1 - 1]
+        if t0 == 0:
+            hp[0] = h0k
+    else:
+        hi = min(t1, T - 1)
+        hp[:hi - t0] = hs[t0 + 1:hi + 1]
+        if t1 == T:
+            hp[T - 1 - t0] = 0.0
+        m = (last_step >= t0) & (last_step < t1)
+        hp[last_step[m] - t0, batch[m]] = h0k[m]
+    return hp
 
 
 def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
@@ -139,23 +210,44 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
     saved = []
     for layer in range(L):
         prep = _prepare(params, layer)
-        w_hh_t, w_hr_t = prep["w_hh_t"], prep["w_hr_t"]
-        xg = workspace("xg", (T * B, D * 4 * H), dt)
-        np.matmul(layer_in.reshape(T * B, -1), prep["w_ih_cat_t"], out=xg)
-        xg = xg.reshape(T, B, D * 4 * H)
+        I = layer_in.shape[2]
+        tasks = plan_tasks(D, B, _layer_flop(T, B, I, H, P, D, params.proj_size))
+        parallel = tasks is not None
+        if not parallel:
+            tasks = [(d, 0, B) for d in range(D)]
+            # Phase 1 for both directions at once (OpenBLAS threads it when large). Every BLAS
+            # call of this backend goes to SciPy's OpenBLAS: two libraries' idle thread pools
+            # spinning at once would fight over the cores (bench/NOTES.md, item 9).
+            xg_all = workspace("xg", (T * B, D * 4 * H), dt)
+            matmul_into(layer_in.reshape(T * B, -1), prep["w_ih_cat_t"], xg_all)
+            xg_all = xg_all.reshape(T, B, D * 4 * H)
         y = np.empty((T, B, D * P), dt)
-        dirs = []
-        for d in range(D):
+        dirs = [(np.empty((T, B, 4 * H), dt), np.empty((T, B, H), dt)) if training
+                else (empty3, empty3) for _ in range(D)]
+
+        def task(d, b0, b1, layer=layer, layer_in=layer_in, prep=prep, y=y, dirs=dirs):
             k = layer * D + d
-            gates = np.empty((T, B, 4 * H), dt) if training else empty3
-            cs = np.empty((T, B, H), dt) if training else empty3
-            w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), w_hh_t[d], B)
-            w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), w_hr_t[d], B)
-            recurrence_forward(xg, d * 4 * H, prep["bias"][d], w_hh_tb, w_hr_tb, h0[k], c0[k],
-                               lengths, d == 1, y, d * P, h_n[k], c_n[k], gates, cs, training,
-                               mb_hh, mb_hr)
-            dirs.append((gates, cs))
-        del xg
+            Bw = b1 - b0
+            if parallel:  # this slice's own phase 1, on this thread
+                if Bw == B:
+                    xw = layer_in.reshape(T * B, -1)
+                else:
+                    xw = workspace("xw", (T, Bw, layer_in.shape[2]), dt)
+                    np.copyto(xw, layer_in[:, b0:b1])
+                    xw = xw.reshape(T * Bw, -1)
+                xg = workspace("xg", (T * Bw, 4 * H), dt)
+                matmul_into(xw, prep["w_ih_t"][d], xg)
+                xg, xg_off, xb0 = xg.reshape(T, Bw, 4 * H), 0, 0
+            else:
+                xg, xg_off, xb0 = xg_all, d * 4 * H, b0
+            w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep["w_hh_t"][d], Bw)
+            w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), prep["w_hr_t"][d], Bw)
+            gates, cs = dirs[d]
+            recurrence_forward(xg, xg_off, xb0, prep["bias"][d], w_hh_tb, w_hr_tb,
+                               h0[k, b0:b1], c0[k, b0:b1], lengths[b0:b1], d == 1, y, d * P, b0,
+                               h_n[k, b0:b1], c_n[k, b0:b1], gates, cs, training, mb_hh, mb_hr)
+
+        _run(task, tasks, parallel)
         if training:
             saved.append(dict(x=layer_in, y=y, dirs=dirs))
         layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
@@ -183,47 +275,72 @@ def lstm_backward(state, dy, dh_n, dc_n):
     for layer in reversed(range(L)):
         saved = state["layers"][layer]
         x_l, y_l = saved["x"], saved["y"]
-        x2 = x_l.reshape(TB, -1)
-        dx = None
         prep = _prepare(params, layer)
-        for d in range(D):
-            w_ih, _, b_ih, _, _ = params.layer_weights(layer, d)
-            gates, cs = saved["dirs"][d]
+        # Phase 2 for every direction (and batch slice) first: the gate gradients of each
+        # direction live until its phase 3 below.
+        dgs = [workspace(f"dgates{d}", (T, B, 4 * H), dt) for d in range(D)]
+        dhps = [workspace(f"dhp{d}", (T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
+                for d in range(D)]
+        tasks = plan_tasks(D, B, _layer_flop(T, B, x_l.shape[2], H, P, D, params.proj_size))
+        parallel = tasks is not None
+        if not parallel:
+            tasks = [(d, 0, B) for d in range(D)]
+
+        def task(d, b0, b1, layer=layer, saved=saved, prep=prep, dy_layer=dy_layer):
             k = layer * D + d
-            dgates = workspace("dgates", (T, B, 4 * H), dt)  # consumed before the next direction
-            dhp = workspace("dhp", (T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
-            w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], B)
-            w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], B)
-            recurrence_backward(dy_layer, d * P, gates, cs, c0[k], dh_n[k], dc_n[k], w_hh_b,
-                                w_hr_b, lengths, d == 1, dgates, dhp, dh0[k], dc0[k], mb_hh,
-                                mb_hr)
-            dg2 = dgates.reshape(TB, 4 * H)
+            gates, cs = saved["dirs"][d]
+            w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], b1 - b0)
+            w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], b1 - b0)
+            recurrence_backward(dy_layer, d * P, b0, gates, cs, c0[k, b0:b1], dh_n[k, b0:b1],
+                                dc_n[k, b0:b1], w_hh_b, w_hr_b, lengths[b0:b1], d == 1, dgs[d],
+                                dhps[d], dh0[k, b0:b1], dc0[k, b0:b1], mb_hh, mb_hr)
+
+        _run(task, tasks, parallel)
+        # Phase 3: the gradient GEMMs, split over time ranges (contiguous row blocks of every
+        # operand); each range's partial weight gradients are summed below.
+        spans = split_rows(T, len(tasks)) if parallel else [(0, T)]
+        dx = np.empty((T, B, x_l.shape[2]), dt)
+        parts = [None] * len(spans)
+
+        def grads(i, layer=layer, saved=saved, x_l=x_l, y_l=y_l, dx=dx, parts=parts):
+            t0, t1 = spans[i]
+            r0, r1 = t0 * B, t1 * B
+            x2 = x_l.reshape(TB, -1)[r0:r1]
+            dx2 = dx.reshape(TB, -1)[r0:r1]
+            tmp = workspace("dx_tmp", dx2.shape, dt) if D > 1 else dx2
+            out = []
+            for d in range(D):
+                k = layer * D + d
+                dg = dgs[d].reshape(TB, 4 * H)[r0:r1]
+                hp = _h_prev(y_l, h0[k], d, P, t0, t1, last_step, batch)
+                w_ih = params.layer_weights(layer, d)[0]
+                dw_ih = np.empty((4 * H, x2.shape[1]), dt)
+                dw_hh = np.empty((4 * H, P), dt)
+                db = np.empty(4 * H, dt)
+                grad_gemms(dg, x2, hp.reshape(r1 - r0, P), w_ih, dx2 if d == 0 else tmp,
+                           dw_ih, dw_hh, db)
+                if d > 0:
+                    dx2 += tmp
+                dw_hr = None
+                if has_proj:
+                    gates, cs = saved["dirs"][d]
+                    hh = gates[t0:t1, :, 3 * H:] * np.tanh(cs[t0:t1])  # o * tanh(c); 0 padded
+                    dw_hr = np.empty((P, H), dt)
+                    matmul_tn_into(dhps[d].reshape(TB, P)[r0:r1], hh.reshape(r1 - r0, H), dw_hr)
+                out.append((dw_ih, dw_hh, db, dw_hr))
+            parts[i] = out
+
+        _run(grads, [(i,) for i in range(len(spans))], parallel)
+        for d in range(D):
             s = f"_l{layer}{params.suffix(d)}"
-            dparams["weight_ih" + s] = dg2.T @ x2
-            # dW_hh = sum_t dgates_t^T h_prev_t. Outputs are exactly 0 past each sequence's
-            # end, so the shifted output sequence is h_prev everywhere except at the step that
-            # read h0 (forward: t = 0; reverse: each sequence's last valid step).
-            hs = y_l[:, :, d * P:(d + 1) * P]
-            if d == 0:
-                dw_hh = dgates[0].T @ h0[k]
-                if T > 1:
-                    dw_hh += dgates[1:].reshape(-1, 4 * H).T @ hs[:-1].reshape(-1, P)
-            else:
-                dw_hh = dgates[last_step, batch].T @ h0[k]
-                if T > 1:
-                    dw_hh += dgates[:-1].reshape(-1, 4 * H).T @ hs[1:].reshape(-1, P)
+            dw_ih, dw_hh, db, dw_hr = (_sum([p[d][j] for p in parts]) for j in range(4))
+            dparams["weight_ih" + s] = dw_ih
             dparams["weight_hh" + s] = dw_hh
-            if b_ih is not None:
-                db = dg2.sum(axis=0)
+            if params.bias:
                 dparams["bias_ih" + s] = db
                 dparams["bias_hh" + s] = db.copy()
             if has_proj:
-                hh = gates[:, :, 3 * H:] * np.tanh(cs)  # o * tanh(c): 0 on padded steps
-                dparams["weight_hr" + s] = dhp.reshape(TB, P).T @ hh.reshape(TB, H)
-            if dx is None:
-                dx = dg2 @ w_ih
-            else:
-                dx += dg2 @ w_ih
+                dparams["weight_hr" + s] = dw_hr
         dx = dx.reshape(x_l.shape)
         if layer > 0 and masks is not None:
             dx *= masks[layer - 1]

@@ -88,11 +88,15 @@ def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
 
 
 @njit(**_OPTS)
-def recurrence_forward(xg, xg_off, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
-                       y, y_off, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr):
+def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
+                       y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr):
     """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases); ``mb_hh``,
-    ``mb_hr``: rows per chunk of the two per-step products (>= B: unchunked)."""
-    T, B = xg.shape[0], xg.shape[1]
+    ``mb_hr``: rows per chunk of the two per-step products (>= B: unchunked).
+
+    Runs the B = ``h0.shape[0]`` sequences whose rows start at ``xb0`` in ``xg`` and at ``b0``
+    in ``y``, ``gates_out`` and ``c_out``; ``h0``, ``c0``, ``lengths``, ``h_n``, ``c_n`` hold
+    just those B rows. Disjoint row ranges can run concurrently (``lstm.py``'s tasks)."""
+    T, B = xg.shape[0], h0.shape[0]
     H = c0.shape[1]
     P = h0.shape[1]
     G = 4 * H
@@ -109,25 +113,25 @@ def recurrence_forward(xg, xg_off, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reve
     for s in range(T):
         t = T - 1 - s if reverse else s
         # Training: the step's gates are activated in place in the saved buffer (no copy).
-        z = gates_out[t] if training else z_work
+        z = gates_out[t, b0:b0 + B] if training else z_work
         _bdot(h, w_hh_tb, zp, z, mb_hh)
         for b in range(B):
             if t < lengths[b]:
-                _cell_forward(z[b], xg[t, b, xg_off:xg_off + G], bias, c[b], hh[b], H, s1, s2)
+                _cell_forward(z[b], xg[t, xb0 + b, xg_off:xg_off + G], bias, c[b], hh[b], H, s1, s2)
                 if training:
-                    c_out[t, b, :] = c[b]
+                    c_out[t, b0 + b, :] = c[b]
             else:
                 hh[b, :] = 0.0
                 if training:
                     z[b, :] = 0.0
-                    c_out[t, b, :] = 0.0
+                    c_out[t, b0 + b, :] = 0.0
         if has_proj:
             _bdot(hh, w_hr_tb, hpp, hp, mb_hr)
             src = hp
         else:
             src = hh
         for b in range(B):
-            yb = y[t, b, y_off:y_off + P]
+            yb = y[t, b0 + b, y_off:y_off + P]
             if t < lengths[b]:
                 sb = src[b]
                 hb = h[b]
@@ -166,8 +170,8 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 
 
 @njit(**_OPTS)
-def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths, reverse,
-                        dgates, dhp_out, dh0, dc0, mb_hh, mb_hr):
+def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths,
+                        reverse, dgates, dhp_out, dh0, dc0, mb_hh, mb_hr):
     """Backward through one direction of one layer.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
@@ -175,9 +179,11 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, l
     blocks of the untransposed W_hh and W_hr (``(0, 0, 0)`` without projection). Writes ``dgates`` (T, B, 4H), the gradient of the
     pre-activation gates (0 on padded steps), ``dhp_out`` (T, B, P), the gradient of each
     step's projected output (only with a projection; else shape (0, 0, 0)), and ``dh0``,
-    ``dc0``. The weight gradients and dx are whole-sequence GEMMs done by the caller.
+    ``dc0``. Runs the B = ``c0.shape[0]`` sequences whose rows start at ``b0`` in ``dy``,
+    ``gates``, ``cs``, ``dgates`` and ``dhp_out``; the other per-sequence arrays hold just
+    those rows. The weight gradients and dx are whole-sequence GEMMs done by the caller.
     """
-    T, B = gates.shape[0], gates.shape[1]
+    T, B = gates.shape[0], c0.shape[0]
     H = cs.shape[2]
     P = dh_n.shape[1]
     has_proj = w_hr_b.shape[0] > 0
@@ -195,24 +201,24 @@ def recurrence_backward(dy, dy_off, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, l
         for b in range(B):
             dpb = dhp[b]
             if t < lengths[b]:
-                dyb = dy[t, b, dy_off:dy_off + P]
+                dyb = dy[t, b0 + b, dy_off:dy_off + P]
                 dhb = dh[b]
                 for k in range(P):
                     dpb[k] = dyb[k] + dhb[k]
             else:
                 dpb[:] = 0.0
         if has_proj:
-            dhp_out[t, :, :] = dhp
+            dhp_out[t, b0:b0 + B, :] = dhp
             _bdot(dhp, w_hr_b, zpp, dhh, mb_hr)
             src = dhh
         else:
             src = dhp
-        dgt = dgates[t]
+        dgt = dgates[t, b0:b0 + B]
         for b in range(B):
             if t < lengths[b]:
                 first = (t == lengths[b] - 1) if reverse else (t == 0)
-                cprev = c0[b] if first else (cs[t + 1, b] if reverse else cs[t - 1, b])
-                _cell_backward(dgt[b], gates[t, b], cs[t, b], cprev, src[b], dc[b], H, s1, s2)
+                cprev = c0[b] if first else (cs[t + 1, b0 + b] if reverse else cs[t - 1, b0 + b])
+                _cell_backward(dgt[b], gates[t, b0 + b], cs[t, b0 + b], cprev, src[b], dc[b], H, s1, s2)
             else:
                 dgt[b, :] = 0.0
         _bdot(dgt, w_hh_b, zp, dh_new, mb_hh)

@@ -1,0 +1,158 @@
+"""Running a layer's independent recurrences on several cores.
+
+A layer's directions, and disjoint slices of its batch, are independent recurrences: each
+runs its own input projection and its own loop over time in a worker thread (the compiled
+kernels release the GIL), with no synchronisation between them. Two things make that pay
+(bench/NOTES.md, item 9):
+
+* every BLAS call inside a task must run on the calling thread. The tasks' products go to
+  SciPy's OpenBLAS (Numba's ``np.dot``), which would otherwise spread each large call over
+  its own threads and oversubscribe the cores; ``single_threaded_blas`` pins it to one
+  thread while tasks run (reference-counted, so concurrent calls nest);
+* nothing else may be spinning on the cores meanwhile: OpenBLAS's idle worker threads spin
+  for a while after a multi-threaded call, so the tasks also do their layer's input GEMM
+  themselves rather than after one threaded call.
+
+Where SciPy's OpenBLAS cannot be found (another BLAS, another platform) ``can_pin()`` is
+False and the backend runs serially, as with one thread.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba import njit
+
+__all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "split_rows",
+           "matmul_into", "matmul_tn_into", "grad_gemms"]
+
+_lock = threading.Lock()
+_state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
+
+
+def _openblas():
+    """SciPy's OpenBLAS (the library behind Numba's ``np.dot``) as a ctypes handle, or None."""
+    if not _state["searched"]:
+        _state["searched"] = True
+        try:
+            import scipy
+            import scipy.linalg.cython_blas  # noqa: F401  (loads the library first)
+        except ImportError:  # pragma: no cover - scipy is a dependency
+            return None
+        libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
+        for path in sorted(glob.glob(os.path.join(libdir, "libscipy_openblas*.so*"))):
+            try:
+                lib = ctypes.CDLL(path)
+                get, put = lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads
+            except (OSError, AttributeError):  # pragma: no cover - other builds
+                continue
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            _state["lib"] = (get, put)
+            break
+    return _state["lib"]
+
+
+def can_pin() -> bool:
+    """Whether SciPy's OpenBLAS can be pinned to one thread (the parallel path's requirement)."""
+    return _openblas() is not None
+
+
+class single_threaded_blas:
+    """Context manager: SciPy's OpenBLAS runs every call on the calling thread inside it.
+
+    Reference-counted: the thread count is saved by the first entrant and restored by the last
+    one out, so concurrent fastlstm calls from several threads nest correctly. Meanwhile other
+    users of SciPy's BLAS in the process also run single-threaded (NumPy's own BLAS is a
+    separate library and is not affected).
+    """
+
+    def __enter__(self):
+        lib = _openblas()
+        with _lock:
+            if lib is not None and _state["depth"] == 0:
+                _state["saved"] = lib[0]()
+                lib[1](1)
+            _state["depth"] += 1
+        return self
+
+    def __exit__(self, *exc):
+        lib = _openblas()
+        with _lock:
+            _state["depth"] -= 1
+            if lib is not None and _state["depth"] == 0:
+                lib[1](_state["saved"])
+        return False
+
+
+def num_threads() -> int:
+    """Cores the CPU backend may use: Numba's thread count (``NUMBA_NUM_THREADS``,
+    ``numba.set_num_threads``), the same figure the benchmarks give torch."""
+    return numba.get_num_threads()
+
+
+def run_tasks(fn, tasks) -> list:
+    """``[fn(*t) for t in tasks]``, the first on the calling thread, the rest on a shared pool.
+
+    Tasks never wait on each other, so a busy pool only delays them (no deadlock); exceptions
+    propagate to the caller after every task has finished.
+    """
+    if len(tasks) == 1:
+        return [fn(*tasks[0])]
+    with _lock:
+        if _state["size"] < len(tasks) - 1:
+            if _state["pool"] is not None:
+                _state["pool"].shutdown(wait=False)
+            _state["pool"] = ThreadPoolExecutor(len(tasks) - 1, thread_name_prefix="fastlstm")
+            _state["size"] = len(tasks) - 1
+        pool = _state["pool"]
+    futures = [pool.submit(fn, *t) for t in tasks[1:]]
+    first = err = None
+    try:
+        first = fn(*tasks[0])
+    except BaseException as exc:  # finish the others before raising
+        err = exc
+    results = []
+    for f in futures:
+        try:
+            results.append(f.result())
+        except BaseException as exc:
+            err = err or exc
+    if err is not None:
+        raise err
+    return [first] + results
+
+
+def split_rows(B: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous, near-equal row ranges covering ``range(B)``."""
+    edges = [B * i // parts for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(parts) if edges[i + 1] > edges[i]]
+
+
+@njit(cache=True, nogil=True)
+def matmul_into(a, b, out):
+    """``out = a @ b`` through SciPy's BLAS without the GIL (``a``, ``b``, ``out`` C-contiguous)."""
+    np.dot(a, b, out)
+
+
+@njit(cache=True, nogil=True)
+def matmul_tn_into(a, b, out):
+    """``out = a.T @ b`` (BLAS reads ``a`` transposed in place; no copy)."""
+    np.dot(a.T, b, out)
+
+
+@njit(cache=True, nogil=True)
+def grad_gemms(dg, x, hp, w_ih, dx, dw_ih, dw_hh, db):
+    """One block of rows (steps x sequences) of a direction's phase 3: ``dx = dg @ W_ih``,
+    ``dW_ih = dg^T x``, ``dW_hh = dg^T h_prev`` and ``db`` (column sums of ``dg``)."""
+    np.dot(dg, w_ih, dx)
+    np.dot(dg.T, x, dw_ih)
+    np.dot(dg.T, hp, dw_hh)
+    db[:] = 0.0
+    for r in range(dg.shape[0]):
+        db += dg[r]

@@ -1,0 +1,153 @@
+"""The CPU backend's parallel path (kernels/cpu/parallel.py): directions and batch slices of a
+layer run as independent tasks on worker threads, with SciPy's OpenBLAS pinned to one thread.
+
+The path is forced on small shapes (the FLOP floor set to 0, the thread count patched) and
+checked against the NumPy reference, forward and backward, like the serial kernels."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm.kernels.cpu import lstm as cpu_lstm
+from fastlstm.kernels.cpu import parallel
+
+from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
+
+pytestmark = pytest.mark.skipif(not parallel.can_pin(), reason="SciPy's OpenBLAS not found")
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Force the parallel path with ``n`` threads for every call in the test."""
+    def use(n):
+        monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOP", 0.0)
+        monkeypatch.setattr(cpu_lstm, "num_threads", lambda: n)
+    return use
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", [
+    Config(T=7, B=9, I=5, H=8, L=2, bidirectional=True, lengths=True),
+    Config(T=6, B=12, I=4, H=16, proj=5, lengths=True),
+    Config(T=5, B=8, I=3, H=6, L=3, bias=False),
+    Config(T=3, B=13, I=6, H=7, bidirectional=True, proj=3, lengths=True),
+], ids=str)
+def test_parallel_matches_reference(cfg, dtype, n, threads):
+    threads(n)
+    D = 2 if cfg.bidirectional else 1
+    tasks = cpu_lstm.plan_tasks(D, cfg.B, 1.0)
+    assert tasks is not None and len(tasks) >= 2  # really on the parallel path
+    p = make_problem(cfg, dtype, seed=21)
+    before = snapshot(p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
+    f_ref, b_ref = run(p, "reference")
+    f_cpu, b_cpu = run(p, "cpu")
+    assert_unchanged(before, p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
+    compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
+
+
+def test_parallel_is_deterministic(threads):
+    threads(2)
+    p = make_problem(Config(T=9, B=16, I=6, H=12, lengths=True), np.float32, seed=4)
+    (f1, b1), (f2, b2) = run(p, "cpu"), run(p, "cpu")
+    np.testing.assert_array_equal(f1.y, f2.y)
+    for name in b1.dparams:
+        np.testing.assert_array_equal(b1.dparams[name], b2.dparams[name])
+
+
+def test_plan_tasks(monkeypatch):
+    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
+    big = 1e12
+    assert cpu_lstm.plan_tasks(1, 16, big) == [(0, 0, 8), (0, 8, 16)]
+    assert cpu_lstm.plan_tasks(2, 16, big) == [(0, 0, 16), (1, 0, 16)]  # directions first
+    assert cpu_lstm.plan_tasks(2, 1, big) == [(0, 0, 1), (1, 0, 1)]
+    assert cpu_lstm.plan_tasks(1, 7, big) is None  # fewer than 2 x PARALLEL_MIN_ROWS rows
+    assert cpu_lstm.plan_tasks(1, 64, cpu_lstm.PARALLEL_MIN_FLOP / 2) is None  # too small
+    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 4)
+    assert cpu_lstm.plan_tasks(2, 16, big) == [(0, 0, 8), (0, 8, 16), (1, 0, 8), (1, 8, 16)]
+    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 1)
+    assert cpu_lstm.plan_tasks(2, 64, big) is None
+    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
+    monkeypatch.setattr(cpu_lstm, "can_pin", lambda: False)
+    assert cpu_lstm.plan_tasks(2, 64, big) is None
+
+
+@pytest.mark.parametrize("B,parts", [(1, 1), (5, 2), (16, 3), (3, 5)])
+def test_split_rows_covers_once(B, parts):
+    spans = parallel.split_rows(B, parts)
+    assert spans[0][0] == 0 and spans[-1][1] == B
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(b1 > b0 for b0, b1 in spans) and len(spans) == min(B, parts)
+
+
+def test_single_threaded_blas_nests_and_restores():
+    get, _ = parallel._openblas()
+    before = get()
+    with parallel.single_threaded_blas():
+        assert get() == 1
+        with parallel.single_threaded_blas():
+            assert get() == 1
+        assert get() == 1  # the inner exit does not restore early
+    assert get() == before
+    with pytest.raises(KeyError):
+        with parallel.single_threaded_blas():
+            raise KeyError("boom")
+    assert get() == before
+
+
+def test_run_tasks_results_and_errors():
+    assert parallel.run_tasks(lambda a, b: a * b, [(1, 2), (3, 4), (5, 6)]) == [2, 12, 30]
+    done = []
+
+    def fn(i):
+        if i == 0:
+            raise ValueError("first task")
+        done.append(i)
+        return i
+
+    with pytest.raises(ValueError, match="first task"):
+        parallel.run_tasks(fn, [(0,), (1,), (2,)])
+    assert sorted(done) == [1, 2]  # the others ran to completion before the error surfaced
+
+
+def test_concurrent_parallel_calls(threads):
+    """Several user threads on the parallel path at once share the pool and the BLAS pin."""
+    threads(2)
+    p = make_problem(Config(T=6, B=8, I=4, H=8, bidirectional=True), np.float32, seed=2)
+    expected = fastlstm.forward(p.x, p.params, device="reference").y
+    get, _ = parallel._openblas()
+    before = get()
+    errors, outs = [], []
+
+    def worker():
+        try:
+            for _ in range(5):
+                outs.append(fastlstm.forward(p.x, p.params, device="cpu").y)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=worker) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and len(outs) == 20
+    for y in outs:
+        np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-6)
+    assert get() == before
+
+
+def test_numba_thread_count_selects_the_path():
+    """With Numba set to one thread the backend runs serially (and still matches)."""
+    import numba
+    n = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert cpu_lstm.plan_tasks(2, 64, 1e12) is None
+        p = make_problem(Config(T=4, B=8, I=3, H=5, bidirectional=True), np.float32, seed=1)
+        f_ref, b_ref = run(p, "reference")
+        f_cpu, b_cpu = run(p, "cpu")
+        compare(f_cpu, b_cpu, f_ref, b_ref, np.float32, "one thread")
+    finally:
+        numba.set_num_threads(n)
