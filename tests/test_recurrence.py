@@ -166,3 +166,51 @@ def test_row_chunked_step_products_match_reference(dtype, monkeypatch):
     f_ref, b_ref = run(p, "reference")
     f_cpu, b_cpu = run(p, "cpu")
     compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_recurrence_kernels_on_row_ranges(dtype, reverse):
+    """Row offsets (the parallel path's batch slices): the kernels run on rows [0, 1) and
+    [1, 4) of shared outputs and give what one call over all rows gives."""
+    rng = np.random.default_rng(11)
+    T, B, H = 5, 4, 6
+    G = 4 * H
+    xg = rng.standard_normal((T, B, G)).astype(dtype)
+    w_hh = (rng.standard_normal((G, H)) * 0.4).astype(dtype)
+    w_hh_t = np.ascontiguousarray(w_hh.T)[None]
+    bias = rng.standard_normal(G).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype)
+    lengths = np.array([5, 2, 4, 1], np.int64)
+    e3 = np.empty((0, 0, 0), dtype)
+
+    def forward(spans):
+        y = np.full((T, B, H), np.nan, dtype)
+        gates = np.full((T, B, G), np.nan, dtype)
+        cs = np.full((T, B, H), np.nan, dtype)
+        h_n, c_n = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+        for b0, b1 in spans:
+            xs = np.ascontiguousarray(xg[:, b0:b1])  # a slice's own projection, rows from 0
+            cpu_rec.recurrence_forward(xs, 0, 0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
+                                       lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1],
+                                       c_n[b0:b1], gates, cs, True, B, B)
+        return y, gates, cs, h_n, c_n
+
+    def backward(spans, gates, cs, dy):
+        dg = np.full((T, B, G), np.nan, dtype)
+        dh0, dc0 = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+        for b0, b1 in spans:
+            cpu_rec.recurrence_backward(dy, 0, b0, gates, cs, c0[b0:b1], dy[0, b0:b1],
+                                        dy[1, b0:b1], w_hh[None], e3, lengths[b0:b1], reverse,
+                                        dg, e3, dh0[b0:b1], dc0[b0:b1], B, B)
+        return dg, dh0, dc0
+
+    whole, parts = forward([(0, B)]), forward([(0, 1), (1, B)])
+    for a, b in zip(parts, whole):
+        assert np.all(np.isfinite(a))
+        assert_close(a, b, dtype, "forward")
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    for a, b in zip(backward([(0, 1), (1, B)], *whole[1:3], dy), backward([(0, B)], *whole[1:3], dy)):
+        assert np.all(np.isfinite(a))
+        assert_close(a, b, dtype, "grad")
