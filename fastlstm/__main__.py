@@ -526,6 +526,9 @@ def gather_info() -> list[tuple[str, str]]:
     layer, nthreads = _numba_threading()
     add("numba threading", f"layer {layer}, {nthreads} threads (NUMBA_NUM_THREADS default "
         f"{numba.config.NUMBA_DEFAULT_NUM_THREADS})")
+    from .kernels.cpu import parallel as cpu_parallel
+    add("cpu tasks", f"up to {nthreads} threads per layer" if cpu_parallel.can_pin() else
+        "one thread per layer (SciPy's OpenBLAS not found, so it cannot be pinned)")
     add("numba cache", _cache_location())
     add("cpu", f"{_cpu_name()}; {os.cpu_count()} logical CPUs"
         + (f", {len(os.sched_getaffinity(0))} usable" if hasattr(os, "sched_getaffinity") else ""))

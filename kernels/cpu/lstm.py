@@ -11,6 +11,11 @@ added inside the recurrence's fused loop, saving a pass over the projection).
 Phase 2 (per direction): ``recurrence_forward`` / ``recurrence_backward``, compiled loops over time.
 Phase 3 (backward, per direction): ``dW_ih``, ``dW_hh``, ``dW_hr``, ``db`` and ``dx`` as
 whole-sequence GEMMs.
+
+Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
+batch slice does its own phase 1 and phase 2 on a worker thread, and phase 3 is split over time
+ranges (``kernels/cpu/parallel.py``). Every BLAS call goes to SciPy's OpenBLAS (Numba's
+``np.dot``), never NumPy's: two libraries' idle thread pools would fight over the cores.
 """
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ from .parallel import (can_pin, grad_gemms, matmul_into, matmul_tn_into, num_thr
                        single_threaded_blas, split_rows)
 from .recurrence import recurrence_backward, recurrence_forward
 
-__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "block_shape", "SMALL_GEMM_MNK", "workspace",
-           "release_workspace"]
+__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "block_shape", "SMALL_GEMM_MNK",
+           "workspace", "release_workspace", "plan_tasks"]
 
 #: OpenBLAS runs products with M*N*K at most this without packing (its small-matrix kernel);
 #: the recurrence splits its per-step products into column blocks under it (bench/NOTES.md).
@@ -127,7 +132,8 @@ def _prepare_uncached(params, layer):
     w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
     # per direction, for the parallel path's own phase 1 (kernels/cpu/parallel.py)
     w_ih_t = [np.ascontiguousarray(w.T) for w in w_ih]
-    return dict(w_ih_cat_t=w_ih_cat_t, w_ih_t=w_ih_t, bias=bias, w_hh_t=w_hh_t, w_hr_t=w_hr_t, w_hh=w_hh,
+    return dict(w_ih_cat_t=w_ih_cat_t, w_ih_t=w_ih_t, bias=bias, w_hh_t=w_hh_t, w_hr_t=w_hr_t,
+                w_hh=w_hh,
                 w_hr=w_hr)
 
 

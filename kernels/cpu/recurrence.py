@@ -176,12 +176,13 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
     at ``dy_off``); ``w_hh_b`` (n, 4H, H_out/n) and ``w_hr_b`` (m, P, H/m) are the column
-    blocks of the untransposed W_hh and W_hr (``(0, 0, 0)`` without projection). Writes ``dgates`` (T, B, 4H), the gradient of the
-    pre-activation gates (0 on padded steps), ``dhp_out`` (T, B, P), the gradient of each
-    step's projected output (only with a projection; else shape (0, 0, 0)), and ``dh0``,
-    ``dc0``. Runs the B = ``c0.shape[0]`` sequences whose rows start at ``b0`` in ``dy``,
-    ``gates``, ``cs``, ``dgates`` and ``dhp_out``; the other per-sequence arrays hold just
-    those rows. The weight gradients and dx are whole-sequence GEMMs done by the caller.
+    blocks of the untransposed W_hh and W_hr (``(0, 0, 0)`` without projection). Writes
+    ``dgates`` (T, B, 4H), the gradient of the pre-activation gates (0 on padded steps),
+    ``dhp_out`` (T, B, P), the gradient of each step's projected output (only with a
+    projection; else shape (0, 0, 0)), and ``dh0``, ``dc0``. Runs the B = ``c0.shape[0]``
+    sequences whose rows start at ``b0`` in ``dy``, ``gates``, ``cs``, ``dgates`` and
+    ``dhp_out``; the other per-sequence arrays hold just those rows. The weight gradients and
+    dx are whole-sequence GEMMs done by the caller.
     """
     T, B = gates.shape[0], c0.shape[0]
     H = cs.shape[2]
@@ -218,7 +219,8 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
             if t < lengths[b]:
                 first = (t == lengths[b] - 1) if reverse else (t == 0)
                 cprev = c0[b] if first else (cs[t + 1, b0 + b] if reverse else cs[t - 1, b0 + b])
-                _cell_backward(dgt[b], gates[t, b0 + b], cs[t, b0 + b], cprev, src[b], dc[b], H, s1, s2)
+                _cell_backward(dgt[b], gates[t, b0 + b], cs[t, b0 + b], cprev, src[b], dc[b], H,
+                               s1, s2)
             else:
                 dgt[b, :] = 0.0
         _bdot(dgt, w_hh_b, zp, dh_new, mb_hh)
