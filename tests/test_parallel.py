@@ -151,3 +151,25 @@ def test_numba_thread_count_selects_the_path():
         compare(f_cpu, b_cpu, f_ref, b_ref, np.float32, "one thread")
     finally:
         numba.set_num_threads(n)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_forked_child_runs_parallel_path(threads):
+    """After a parallel call, a forked child (e.g. a data-loader worker) gets a fresh pool
+    instead of waiting forever on the parent's threads, which it does not have."""
+    import multiprocessing as mp
+    threads(2)
+    p = make_problem(Config(T=5, B=8, I=4, H=8), np.float32, seed=9)
+    parent = fastlstm.forward(p.x, p.params, device="cpu").y  # the pool now exists
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_child_forward, (p.x, p.params)).get(timeout=120)
+    np.testing.assert_array_equal(child, parent)
+
+
+def _child_forward(x, params):
+    from fastlstm.kernels.cpu import lstm as child_lstm
+    child_lstm.PARALLEL_MIN_FLOP = 0.0
+    child_lstm.num_threads = lambda: 2
+    assert child_lstm.plan_tasks(1, x.shape[1], 1.0) is not None
+    return fastlstm.forward(x, params, device="cpu").y

@@ -35,6 +35,21 @@ _lock = threading.Lock()
 _state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
 
 
+def _after_fork_in_child():
+    """A forked child has none of the parent's pool threads: start afresh (a fork taken in the
+    middle of another thread's call also leaves the pin set: undo it)."""
+    global _lock
+    _lock = threading.Lock()
+    lib = _state["lib"]
+    if lib is not None and _state["depth"] > 0:
+        lib[1](_state["saved"])
+    _state.update(depth=0, saved=None, pool=None, size=0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _openblas():
     """SciPy's OpenBLAS (the library behind Numba's ``np.dot``) as a ctypes handle, or None."""
     if not _state["searched"]:
