@@ -149,8 +149,13 @@ def test_block_shape_rule():
     assert block_shape(4, 128, 512) == (512, 4)          # already small: one call
     assert block_shape(16, 256, 1024) == (128, 16)       # 16*256*128 = 524288 <= 1e6
     assert block_shape(64, 256, 1024) == (32, 64)
-    assert block_shape(64, 1024, 256) == (16, 61)        # rows chunked too: 61*1024*16 <= 1e6
+    # rows chunked too: the widest of 64/32/16 columns still giving >= 24 rows (30*1024*32)
+    assert block_shape(64, 1024, 256) == (32, 30)
+    assert block_shape(64, 2048, 512) == (16, 30)
+    assert block_shape(64, 4096, 1024, False) == (32, 7)  # none gives 24 rows: 32 columns
+    assert block_shape(64, 4096, 48) == (16, 15)         # ... or the only width there is
     assert block_shape(128, 1024, 4096) == (4096, 128)   # > 2^26: one threaded call
+    assert block_shape(128, 1024, 4096, threaded=False) == (32, 30)  # a pinned task: blocks
     assert block_shape(64, 1024, 250) == (250, 3)        # no 16-column divisor: rows only
 
 
@@ -160,7 +165,7 @@ def test_row_chunked_step_products_match_reference(dtype, monkeypatch):
     from fastlstm.kernels.cpu import lstm as cpu_lstm
     cfg = Config(T=5, B=7, I=4, H=32, proj=16, bidirectional=True, lengths=True)
     monkeypatch.setattr(cpu_lstm, "SMALL_GEMM_MNK", 2 * 32 * 16)  # 16 columns x 2 rows (K=32)
-    assert cpu_lstm.block_shape(7, 16, 128) == (16, 4)   # forward W_hh: columns and rows
+    assert cpu_lstm.block_shape(7, 16, 128) == (32, 2)   # forward W_hh: columns and rows
     assert cpu_lstm.block_shape(7, 128, 16) == (16, 1)   # backward W_hh: rows only
     p = make_problem(cfg, dtype, seed=13)
     f_ref, b_ref = run(p, "reference")

@@ -65,15 +65,22 @@ def release_workspace() -> None:
 SPLIT_MAX_MNK = 1 << 26
 
 
-def block_shape(M: int, K: int, N: int) -> tuple[int, int]:
+#: Fewest rows per chunk worth a wider block when no block fits whole rows (measured on one
+#: core, bench/NOTES.md item 11: 32 x 30 rows at K = 1024 run at ~108 GFLOP/s, 16 x 61 at ~91).
+CHUNK_MIN_ROWS = 24
+
+
+def block_shape(M: int, K: int, N: int, threaded: bool = True) -> tuple[int, int]:
     """(columns per block, rows per chunk) for the per-step product (M, K) x (K, N).
 
-    One call (N, M) when the product is already under the small-matrix threshold or over
-    SPLIT_MAX_MNK; else the widest multiple of 16 dividing N with M*K*width under the
-    threshold; if even that is over it, the narrowest such width (16, or N when N has no
-    such divisor) in chunks of rows under the threshold.
+    One call (N, M) when the product is already under the small-matrix threshold, or over
+    SPLIT_MAX_MNK when BLAS may thread it (``threaded``; a parallel task's BLAS is pinned to
+    one thread, where blocks always win); else the widest multiple of 16 dividing N with
+    M*K*width under the threshold; if even 16 columns are over it, chunks of rows under the
+    threshold, in the widest of 64, 32, 16 columns that still gives CHUNK_MIN_ROWS rows (32 or
+    16 when none does; N when N has no such divisor).
     """
-    if M * K * N <= SMALL_GEMM_MNK or M * K * N > SPLIT_MAX_MNK:
+    if M * K * N <= SMALL_GEMM_MNK or (threaded and M * K * N > SPLIT_MAX_MNK):
         return N, M
     best = 0
     for w in range(16, N, 16):
@@ -81,7 +88,11 @@ def block_shape(M: int, K: int, N: int) -> tuple[int, int]:
             best = w
     if best:
         return best, M
-    w = 16 if (N % 16 == 0 and N > 16) else N
+    widths = [w for w in (64, 32, 16) if N % w == 0 and N > w]
+    if not widths:
+        return N, max(1, min(M, SMALL_GEMM_MNK // (K * N)))
+    w = next((w for w in widths if SMALL_GEMM_MNK // (K * w) >= CHUNK_MIN_ROWS),
+             32 if 32 in widths else widths[-1])
     return w, max(1, min(M, SMALL_GEMM_MNK // (K * w)))
 
 
@@ -89,13 +100,14 @@ def block_width(M: int, K: int, N: int) -> int:
     return block_shape(M, K, N)[0]
 
 
-def col_blocks(params, key, w, M):
+def col_blocks(params, key, w, M, threaded=True):
     """``w`` (K, N) as contiguous column blocks (n, K, N/n) for products with M rows, and the
-    rows per chunk; memoised on the (immutable) params. A single block is a view."""
+    rows per chunk (``block_shape``); memoised on the (immutable) params. A single block is a
+    view."""
     K, N = w.shape
     if K == 0:
         return np.empty((0, 0, 0), w.dtype), max(M, 1)
-    nb, mb = block_shape(M, K, N)
+    nb, mb = block_shape(M, K, N, threaded)
     if nb == N:
         return w.reshape(1, K, N), mb
     memo = params.__dict__.setdefault("_cpu_blocks", {})
@@ -246,8 +258,10 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
                 xg, xg_off, xb0 = xg.reshape(T, Bw, 4 * H), 0, 0
             else:
                 xg, xg_off, xb0 = xg_all, d * 4 * H, b0
-            w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep["w_hh_t"][d], Bw)
-            w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), prep["w_hr_t"][d], Bw)
+            w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep["w_hh_t"][d], Bw,
+                                        not parallel)
+            w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), prep["w_hr_t"][d], Bw,
+                                        not parallel)
             gates, cs = dirs[d]
             recurrence_forward(xg, xg_off, xb0, prep["bias"][d], w_hh_tb, w_hr_tb,
                                h0[k, b0:b1], c0[k, b0:b1], lengths[b0:b1], d == 1, y, d * P, b0,
@@ -295,8 +309,10 @@ def lstm_backward(state, dy, dh_n, dc_n):
         def task(d, b0, b1, layer=layer, saved=saved, prep=prep, dy_layer=dy_layer):
             k = layer * D + d
             gates, cs = saved["dirs"][d]
-            w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], b1 - b0)
-            w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], b1 - b0)
+            w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], b1 - b0,
+                                       not parallel)
+            w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], b1 - b0,
+                                       not parallel)
             recurrence_backward(dy_layer, d * P, b0, gates, cs, c0[k, b0:b1], dh_n[k, b0:b1],
                                 dc_n[k, b0:b1], w_hh_b, w_hr_b, lengths[b0:b1], d == 1, dgs[d],
                                 dhps[d], dh0[k, b0:b1], dc0[k, b0:b1], mb_hh, mb_hr)
