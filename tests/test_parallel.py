@@ -47,6 +47,17 @@ def test_parallel_matches_reference(cfg, dtype, n, threads):
     compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
 
 
+@pytest.mark.parametrize("n", [2, 4])
+def test_parallel_with_dropout_matches_reference(threads, n):
+    """Inter-layer dropout masks on the parallel path (directions; with 4, batch slices too)."""
+    threads(n)
+    cfg = Config(T=5, B=10, I=4, H=6, L=3, bidirectional=True, lengths=True)
+    p = make_problem(cfg, np.float64, seed=8)
+    f_ref, b_ref = run(p, "reference", dropout=0.4, seed=3)
+    f_cpu, b_cpu = run(p, "cpu", dropout=0.4, seed=3)
+    compare(f_cpu, b_cpu, f_ref, b_ref, np.float64, "dropout")
+
+
 def test_parallel_is_deterministic(threads):
     threads(2)
     p = make_problem(Config(T=9, B=16, I=6, H=12, lengths=True), np.float32, seed=4)
