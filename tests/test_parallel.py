@@ -184,3 +184,50 @@ def _child_forward(x, params):
     child_lstm.num_threads = lambda: 2
     assert child_lstm.plan_tasks(1, x.shape[1], 1.0) is not None
     return fastlstm.forward(x, params, device="cpu").y
+
+
+def test_run_tasks_while_the_pool_grows(monkeypatch):
+    """A call that grows the pool must not shut it under another call's submissions (a slow
+    ``submit`` widens the window that a thread switch would open)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    class SlowSubmit(ThreadPoolExecutor):
+        def submit(self, *a, **k):
+            time.sleep(0.001)
+            return super().submit(*a, **k)
+
+    monkeypatch.setattr(parallel, "ThreadPoolExecutor", SlowSubmit)
+    for _ in range(10):
+        monkeypatch.setitem(parallel._state, "pool", None)
+        monkeypatch.setitem(parallel._state, "size", 0)
+        errors, results = [], []
+
+        def call(n):
+            try:
+                results.append(parallel.run_tasks(lambda i: i * i, [(i,) for i in range(n)]))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        a = threading.Thread(target=call, args=(2,))
+        b = threading.Thread(target=call, args=(3,))
+        a.start()
+        time.sleep(0.0003)
+        b.start()
+        a.join()
+        b.join()
+        assert not errors
+        assert sorted(results, key=len) == [[0, 1], [0, 1, 4]]
+
+
+def test_release_workspace_frees_every_threads_scratch(threads):
+    threads(2)
+    p = make_problem(Config(T=6, B=16, I=5, H=8), np.float32, seed=5)
+    fastlstm.forward(p.x, p.params, device="cpu")  # two batch-slice tasks: two threads' scratch
+    held = [pool for pool in cpu_lstm._all_pools if pool.bufs]
+    assert len(held) >= 2  # the caller's and a worker's
+    cpu_lstm.release_workspace()
+    assert not any(pool.bufs for pool in cpu_lstm._all_pools)
+    again = fastlstm.forward(p.x, p.params, device="cpu").y  # buffers are made afresh
+    np.testing.assert_allclose(again, fastlstm.forward(p.x, p.params, device="reference").y,
+                               rtol=2e-5, atol=2e-6)

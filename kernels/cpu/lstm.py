@@ -20,6 +20,7 @@ ranges (``kernels/cpu/parallel.py``). Every BLAS call goes to SciPy's OpenBLAS (
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 
@@ -36,6 +37,15 @@ SMALL_GEMM_MNK = 1_000_000
 
 
 _tls = threading.local()
+_all_pools = weakref.WeakSet()  # every live thread's scratch, for release_workspace()
+
+
+class _Pool:
+    """One thread's scratch buffers; the registry holds it weakly, so it goes with its thread."""
+    __slots__ = ("bufs", "__weakref__")
+
+    def __init__(self):
+        self.bufs = {}
 
 
 def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
@@ -44,19 +54,28 @@ def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
     Only for arrays no result or cache keeps. A fresh large array costs first-touch page
     faults on every call (50 ms for the 42 MB input projection at T=20, B=128, H=1024:
     bench/NOTES.md); one buffer per key and thread avoids that. Threads never share one.
+    Keys: ``xg`` (input projection), ``xw`` (a task's batch slice of the layer input),
+    ``dgates{d}`` and ``dhp{d}`` (gate / projected-output gradients per direction),
+    ``dx_tmp`` (a time range's dx for the second direction).
     """
-    pool = _tls.__dict__.setdefault("pool", {})
+    pool = getattr(_tls, "pool", None)
+    if pool is None:
+        pool = _tls.pool = _Pool()
+        _all_pools.add(pool)
     size = int(np.prod(shape))
-    buf = pool.get(key)
+    buf = pool.bufs.get(key)
     if buf is None or buf.dtype != np.dtype(dtype) or buf.size < size:
         buf = np.empty(size, dtype)
-        pool[key] = buf
+        pool.bufs[key] = buf
     return buf[:size].reshape(shape)
 
 
 def release_workspace() -> None:
-    """Free this thread's scratch buffers."""
-    _tls.__dict__.pop("pool", None)
+    """Free the scratch buffers of every thread, fastlstm's worker threads included.
+
+    Safe while other threads compute: a buffer in use stays alive until its call is done."""
+    for pool in list(_all_pools):
+        pool.bufs.clear()
 
 
 #: Per-step products larger than this (M*N*K) run as one BLAS call: long enough to amortise

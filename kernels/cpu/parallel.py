@@ -22,7 +22,7 @@ import ctypes
 import glob
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
@@ -46,31 +46,63 @@ def _after_fork_in_child():
     _state.update(depth=0, saved=None, pool=None, size=0)
 
 
+def _before_fork():
+    _lock.acquire()  # no pin or pool change is half done when the process forks
+
+
+def _after_fork_in_parent():
+    _lock.release()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
+_search_lock = threading.Lock()
+
+
+def _loaded_openblas_paths(libdir):
+    """SciPy's OpenBLAS files: the ones mapped into this process first (Linux), then any in
+    ``scipy.libs``."""
+    mapped = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rstrip("\n").split(maxsplit=5)[-1]
+                if "libscipy_openblas" in os.path.basename(path) and path not in mapped:
+                    mapped.append(path)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return mapped + sorted(glob.glob(os.path.join(libdir, "libscipy_openblas*.so*")))
 
 
 def _openblas():
-    """SciPy's OpenBLAS (the library behind Numba's ``np.dot``) as a ctypes handle, or None."""
-    if not _state["searched"]:
-        _state["searched"] = True
-        try:
-            import scipy
-            import scipy.linalg.cython_blas  # noqa: F401  (loads the library first)
-        except ImportError:  # pragma: no cover - scipy is a dependency
-            return None
-        libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
-        for path in sorted(glob.glob(os.path.join(libdir, "libscipy_openblas*.so*"))):
-            try:
-                lib = ctypes.CDLL(path)
-                get, put = lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads
-            except (OSError, AttributeError):  # pragma: no cover - other builds
-                continue
-            get.restype, get.argtypes = ctypes.c_int, []
-            put.restype, put.argtypes = None, [ctypes.c_int]
-            _state["lib"] = (get, put)
-            break
+    """SciPy's OpenBLAS (the library behind Numba's ``np.dot``) as ctypes (get, set), or None."""
+    with _search_lock:
+        if not _state["searched"]:
+            _state["lib"] = _find_openblas()
+            _state["searched"] = True
     return _state["lib"]
+
+
+def _find_openblas():
+    try:
+        import scipy
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library first)
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return None
+    libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
+    for path in _loaded_openblas_paths(libdir):
+        try:
+            lib = ctypes.CDLL(path)
+            get, put = lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads
+        except (OSError, AttributeError):  # pragma: no cover - other builds
+            continue
+        get.restype, get.argtypes = ctypes.c_int, []
+        put.restype, put.argtypes = None, [ctypes.c_int]
+        return get, put
+    return None
 
 
 def can_pin() -> bool:
@@ -114,30 +146,33 @@ def num_threads() -> int:
 def run_tasks(fn, tasks) -> list:
     """``[fn(*t) for t in tasks]``, the first on the calling thread, the rest on a shared pool.
 
-    Tasks never wait on each other, so a busy pool only delays them (no deadlock); exceptions
-    propagate to the caller after every task has finished.
+    Tasks never wait on each other, so a busy pool only delays them (no deadlock). The pool
+    grows to the largest call's size; tasks are submitted under the same lock, so a growing
+    pool never refuses them. Every task has finished before this returns or raises (the first
+    error is re-raised).
     """
     if len(tasks) == 1:
         return [fn(*tasks[0])]
     with _lock:
         if _state["size"] < len(tasks) - 1:
             if _state["pool"] is not None:
-                _state["pool"].shutdown(wait=False)
+                _state["pool"].shutdown(wait=False)  # its submitted tasks still run
             _state["pool"] = ThreadPoolExecutor(len(tasks) - 1, thread_name_prefix="fastlstm")
             _state["size"] = len(tasks) - 1
-        pool = _state["pool"]
-    futures = [pool.submit(fn, *t) for t in tasks[1:]]
+        futures = [_state["pool"].submit(fn, *t) for t in tasks[1:]]
     first = err = None
     try:
         first = fn(*tasks[0])
     except BaseException as exc:  # finish the others before raising
         err = exc
+    wait(futures)
     results = []
     for f in futures:
-        try:
-            results.append(f.result())
-        except BaseException as exc:
+        exc = f.exception()
+        if exc is not None:
             err = err or exc
+        else:
+            results.append(f.result())
     if err is not None:
         raise err
     return [first] + results
