@@ -88,6 +88,30 @@ def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
 
 
 @njit(**_OPTS)
+def _by_length(lengths):
+    """Rows in order of decreasing length (stable), the sorted lengths, and whether the order
+    is the identity. At any step the sequences still running are a prefix of this order."""
+    order = np.argsort(-lengths, kind="mergesort")
+    sorted_len = lengths[order]
+    identity = True
+    for i in range(order.shape[0]):
+        if order[i] != i:
+            identity = False
+    return order, sorted_len, identity
+
+
+@njit(**_OPTS)
+def _active_rows(sorted_len, n_act, t):
+    """How many sequences (a prefix of the sorted rows) are still running at step t."""
+    B = sorted_len.shape[0]
+    while n_act > 0 and sorted_len[n_act - 1] <= t:
+        n_act -= 1
+    while n_act < B and sorted_len[n_act] > t:
+        n_act += 1
+    return n_act
+
+
+@njit(**_OPTS)
 def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
                        y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr):
     """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases); ``mb_hh``,
@@ -95,53 +119,66 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
 
     Runs the B = ``h0.shape[0]`` sequences whose rows start at ``xb0`` in ``xg`` and at ``b0``
     in ``y``, ``gates_out`` and ``c_out``; ``h0``, ``c0``, ``lengths``, ``h_n``, ``c_n`` hold
-    just those B rows. Disjoint row ranges can run concurrently (``lstm.py``'s tasks)."""
+    just those B rows. Disjoint row ranges can run concurrently (``lstm.py``'s tasks).
+
+    The state is kept with its rows sorted by decreasing length, so the per-step products run
+    over the sequences still running only (a prefix): finished sequences cost nothing."""
     T, B = xg.shape[0], h0.shape[0]
     H = c0.shape[1]
     P = h0.shape[1]
     G = 4 * H
     has_proj = w_hr_tb.shape[0] > 0
+    order, sorted_len, identity = _by_length(lengths)
     zp = np.empty((w_hh_tb.shape[0], B, w_hh_tb.shape[2]), dtype=xg.dtype)
     hpp = np.empty((w_hr_tb.shape[0], B, w_hr_tb.shape[2]), dtype=xg.dtype)
-    h = h0.copy()
-    c = c0.copy()
+    h = np.empty((B, P), dtype=xg.dtype)  # row i: sequence order[i]
+    c = np.empty((B, H), dtype=xg.dtype)
+    for i in range(B):
+        h[i, :] = h0[order[i]]
+        c[i, :] = c0[order[i]]
     z_work = np.empty((B, G), dtype=xg.dtype)
     hh = np.empty((B, H), dtype=xg.dtype)  # o * tanh(c) before the projection
     hp = np.empty((B, P), dtype=xg.dtype)
     s1 = np.empty(G, dtype=xg.dtype)
     s2 = np.empty(G, dtype=xg.dtype)
+    direct = training and identity
+    n_act = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
-        # Training: the step's gates are activated in place in the saved buffer (no copy).
-        z = gates_out[t, b0:b0 + B] if training else z_work
-        _bdot(h, w_hh_tb, zp, z, mb_hh)
-        for b in range(B):
-            if t < lengths[b]:
-                _cell_forward(z[b], xg[t, xb0 + b, xg_off:xg_off + G], bias, c[b], hh[b], H, s1, s2)
-                if training:
-                    c_out[t, b0 + b, :] = c[b]
-            else:
-                hh[b, :] = 0.0
-                if training:
-                    z[b, :] = 0.0
-                    c_out[t, b0 + b, :] = 0.0
+        n_act = _active_rows(sorted_len, n_act, t)
+        # Training in sorted order: the gates are activated in place in the saved buffer.
+        z = gates_out[t, b0:b0 + B] if direct else z_work
+        if n_act > 0:
+            _bdot(h[:n_act], w_hh_tb, zp, z[:n_act], mb_hh)
+        for i in range(n_act):
+            b = order[i]
+            _cell_forward(z[i], xg[t, xb0 + b, xg_off:xg_off + G], bias, c[i], hh[i], H, s1, s2)
+            if training:
+                if not direct:
+                    gates_out[t, b0 + b, :] = z[i]
+                c_out[t, b0 + b, :] = c[i]
+        for i in range(n_act, B):
+            b = order[i]
+            y[t, b0 + b, y_off:y_off + P] = 0.0
+            if training:
+                gates_out[t, b0 + b, :] = 0.0
+                c_out[t, b0 + b, :] = 0.0
         if has_proj:
-            _bdot(hh, w_hr_tb, hpp, hp, mb_hr)
+            if n_act > 0:
+                _bdot(hh[:n_act], w_hr_tb, hpp, hp[:n_act], mb_hr)
             src = hp
         else:
             src = hh
-        for b in range(B):
-            yb = y[t, b0 + b, y_off:y_off + P]
-            if t < lengths[b]:
-                sb = src[b]
-                hb = h[b]
-                for k in range(P):
-                    hb[k] = sb[k]
-                    yb[k] = sb[k]
-            else:
-                yb[:] = 0.0
-    h_n[:, :] = h
-    c_n[:, :] = c
+        for i in range(n_act):
+            yb = y[t, b0 + order[i], y_off:y_off + P]
+            sb = src[i]
+            hb = h[i]
+            for k in range(P):
+                hb[k] = sb[k]
+                yb[k] = sb[k]
+    for i in range(B):
+        h_n[order[i], :] = h[i]
+        c_n[order[i], :] = c[i]
 
 
 @njit(**_OPTS)
@@ -188,44 +225,55 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
     H = cs.shape[2]
     P = dh_n.shape[1]
     has_proj = w_hr_b.shape[0] > 0
-    dh = dh_n.copy()
-    dc = dc_n.copy()
+    order, sorted_len, identity = _by_length(lengths)
+    dh = np.empty((B, P), dtype=gates.dtype)  # row i: sequence order[i], as in the forward
+    dc = np.empty((B, H), dtype=gates.dtype)
+    for i in range(B):
+        dh[i, :] = dh_n[order[i]]
+        dc[i, :] = dc_n[order[i]]
     dhp = np.empty((B, P), dtype=gates.dtype)
     dhh = np.empty((B, H), dtype=gates.dtype)
     dh_new = np.empty((B, P), dtype=gates.dtype)
+    dg_work = np.empty((B, 4 * H), dtype=gates.dtype)
     zp = np.empty((w_hh_b.shape[0], B, w_hh_b.shape[2]), dtype=gates.dtype)
     zpp = np.empty((w_hr_b.shape[0], B, w_hr_b.shape[2]), dtype=gates.dtype)
     s1 = np.empty(4 * H, dtype=gates.dtype)
     s2 = np.empty(4 * H, dtype=gates.dtype)
+    n_act = 0
     for s in range(T):
         t = s if reverse else T - 1 - s
-        for b in range(B):
-            dpb = dhp[b]
-            if t < lengths[b]:
-                dyb = dy[t, b0 + b, dy_off:dy_off + P]
-                dhb = dh[b]
-                for k in range(P):
-                    dpb[k] = dyb[k] + dhb[k]
-            else:
-                dpb[:] = 0.0
+        n_act = _active_rows(sorted_len, n_act, t)
+        for i in range(n_act):
+            dyb = dy[t, b0 + order[i], dy_off:dy_off + P]
+            dpb = dhp[i]
+            dhb = dh[i]
+            for k in range(P):
+                dpb[k] = dyb[k] + dhb[k]
         if has_proj:
-            dhp_out[t, b0:b0 + B, :] = dhp
-            _bdot(dhp, w_hr_b, zpp, dhh, mb_hr)
+            for i in range(n_act):
+                dhp_out[t, b0 + order[i], :] = dhp[i]
+            for i in range(n_act, B):
+                dhp_out[t, b0 + order[i], :] = 0.0
+            if n_act > 0:
+                _bdot(dhp[:n_act], w_hr_b, zpp, dhh[:n_act], mb_hr)
             src = dhh
         else:
             src = dhp
-        dgt = dgates[t, b0:b0 + B]
-        for b in range(B):
-            if t < lengths[b]:
-                first = (t == lengths[b] - 1) if reverse else (t == 0)
-                cprev = c0[b] if first else (cs[t + 1, b0 + b] if reverse else cs[t - 1, b0 + b])
-                _cell_backward(dgt[b], gates[t, b0 + b], cs[t, b0 + b], cprev, src[b], dc[b], H,
-                               s1, s2)
-            else:
-                dgt[b, :] = 0.0
-        _bdot(dgt, w_hh_b, zp, dh_new, mb_hh)
-        for b in range(B):
-            if t < lengths[b]:
-                dh[b, :] = dh_new[b]
-    dh0[:, :] = dh
-    dc0[:, :] = dc
+        dgt = dgates[t, b0:b0 + B] if identity else dg_work
+        for i in range(n_act):
+            b = order[i]
+            first = (t == lengths[b] - 1) if reverse else (t == 0)
+            cprev = c0[b] if first else (cs[t + 1, b0 + b] if reverse else cs[t - 1, b0 + b])
+            _cell_backward(dgt[i], gates[t, b0 + b], cs[t, b0 + b], cprev, src[i], dc[i], H,
+                           s1, s2)
+            if not identity:
+                dgates[t, b0 + b, :] = dgt[i]
+        for i in range(n_act, B):
+            dgates[t, b0 + order[i], :] = 0.0
+        if n_act > 0:
+            _bdot(dgt[:n_act], w_hh_b, zp, dh_new[:n_act], mb_hh)
+            for i in range(n_act):
+                dh[i, :] = dh_new[i]
+    for i in range(B):
+        dh0[order[i], :] = dh[i]
+        dc0[order[i], :] = dc[i]
