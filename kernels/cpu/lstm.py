@@ -161,8 +161,9 @@ def _prepare_uncached(params, layer):
         # b_ih + b_hh, added inside the recurrence's fused loop (zeros without biases)
         bias.append(bi + bh if bi is not None else np.zeros(wh.shape[0], dt))
     w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
-    # per direction, for the parallel path's own phase 1 (kernels/cpu/parallel.py)
-    w_ih_t = [np.ascontiguousarray(w.T) for w in w_ih]
+    # per direction, for the parallel path's own phase 1 (kernels/cpu/parallel.py); with one
+    # direction that is the stacked array itself
+    w_ih_t = [w_ih_cat_t] if D == 1 else [np.ascontiguousarray(w.T) for w in w_ih]
     return dict(w_ih_cat_t=w_ih_cat_t, w_ih_t=w_ih_t, bias=bias, w_hh_t=w_hh_t, w_hr_t=w_hr_t,
                 w_hh=w_hh,
                 w_hr=w_hr)
