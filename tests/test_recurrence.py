@@ -96,7 +96,7 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     bias = rng.standard_normal(4 * H).astype(dtype)
     cpu_rec.recurrence_forward(xg, d * 4 * H, 0, bias, np.ascontiguousarray(w_hh.T)[None],
                                w_hr_tb, h0, c0, lengths, reverse, y, d * P, 0, h_n, c_n, gates, cs,
-                               True, B, 3)
+                               True, B, 3, np.empty((0, 0, 0), dtype))
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -115,7 +115,7 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     dc0 = np.full((B, H), np.nan, dtype)
     cpu_rec.recurrence_backward(dy, d * P, 0, gates, cs, c0, dh_n, dc_n, w_hh[None],
                                 w_hr[None] if proj else np.empty((0, 0, 0), dtype), lengths,
-                                reverse, dgates, dhp, dh0, dc0, 3, B)
+                                reverse, dgates, dhp, 0, dh0, dc0, 3, B)
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
         dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
         reverse)
@@ -199,20 +199,45 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
             xs = np.ascontiguousarray(xg[:, b0:b1])  # a slice's own projection, rows from 0
             cpu_rec.recurrence_forward(xs, 0, 0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
                                        lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1],
-                                       c_n[b0:b1], gates, cs, True, B, B)
+                                       c_n[b0:b1], gates, cs, True, B, B, e3)
         return y, gates, cs, h_n, c_n
 
     def backward(spans, gates, cs, dy):
         dg = np.full((T, B, G), np.nan, dtype)
         dh0, dc0 = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
         for b0, b1 in spans:
+            # a slice writes its gate gradients into its own array, rows from 0 (g0 = 0)
+            own = np.full((T, b1 - b0, G), np.nan, dtype)
             cpu_rec.recurrence_backward(dy, 0, b0, gates, cs, c0[b0:b1], dy[0, b0:b1],
                                         dy[1, b0:b1], w_hh[None], e3, lengths[b0:b1], reverse,
-                                        dg, e3, dh0[b0:b1], dc0[b0:b1], B, B)
+                                        own, e3, 0, dh0[b0:b1], dc0[b0:b1], B, B)
+            dg[:, b0:b1] = own
         return dg, dh0, dc0
 
     whole, parts = forward([(0, B)]), forward([(0, 1), (1, B)])
     for a, b in zip(parts, whole):
+        assert np.all(np.isfinite(a))
+        assert_close(a, b, dtype, "forward")
+
+    # Fused input projection on the same row ranges: the kernel reads x (rows from b0) and
+    # multiplies [x_t, h] by the stacked [W_ih^T; W_hh^T]; xg = x @ W_ih^T above.
+    I = 3
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w_ih_t = (rng.standard_normal((I, G)) * 0.4).astype(dtype)
+    w_cat = np.concatenate([w_ih_t, w_hh_t[0]], axis=0)[None]
+    inputs = snapshot(x, w_cat, h0, c0, lengths)
+    xg = np.einsum("tbi,ig->tbg", x.astype(np.float64), w_ih_t).astype(dtype)
+    ref = forward([(0, B)])
+    y = np.full((T, B, H), np.nan, dtype)
+    gates = np.full((T, B, G), np.nan, dtype)
+    cs = np.full((T, B, H), np.nan, dtype)
+    h_n, c_n = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+    for b0, b1 in [(0, 1), (1, B)]:
+        cpu_rec.recurrence_forward(e3, 0, b0, bias, w_cat, e3, h0[b0:b1], c0[b0:b1],
+                                   lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1], c_n[b0:b1],
+                                   gates, cs, True, 2, B, x)
+    assert_unchanged(inputs, x, w_cat, h0, c0, lengths)
+    for a, b in zip((y, gates, cs, h_n, c_n), ref):
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "forward")
     dy = rng.standard_normal((T, B, H)).astype(dtype)

@@ -190,6 +190,29 @@ def plan_tasks(D, B, flop):
     return [(d, b0, b1) for d in range(D) for b0, b1 in split_rows(B, parts)]
 
 
+#: Whether a parallel task fuses its input projection into the recurrence (bench/NOTES.md).
+FUSE_INPUT = True
+
+
+def fuse_input(rows, I, P, H):
+    """Whether a task's recurrence does the input projection itself: each step one product
+    ``[x_t, h] @ [W_ih; W_hh]^T`` (``rows`` x (I + P) x 4H) on OpenBLAS's small-matrix kernel,
+    instead of one GEMM over all steps first. Only while that product still runs in blocks of
+    whole rows at least 32 columns wide: narrower blocks (large I + P) lose to the one GEMM."""
+    if not FUSE_INPUT:
+        return False
+    width, chunk = block_shape(rows, I + P, 4 * H, threaded=False)
+    return chunk >= rows and width >= 32
+
+
+def _w_cat_t(prep, d):
+    """``[W_ih^T; W_hh^T]`` (I + H_out, 4H) of direction ``d``, memoised with the layer."""
+    cat = prep.setdefault("w_cat_t", {})
+    if d not in cat:
+        cat[d] = np.concatenate([prep["w_ih_t"][d], prep["w_hh_t"][d]], axis=0)
+    return cat[d]
+
+
 def _layer_flop(T, B, I, H, P, D, proj):
     return 2.0 * T * B * D * (4 * H * (I + P) + (H * P if proj else 0))
 
@@ -212,27 +235,22 @@ def _sum(arrays):
     return total
 
 
-def _h_prev(y_l, h0k, d, P, t0, t1, last_step, batch):
-    """The state each step of direction ``d`` read, for steps [t0, t1): (t1 - t0, B, P).
+def _h_prev(y_rows, h0k, d, P, last_step):
+    """The state each step of direction ``d`` read, for the sequences of ``y_rows`` (a row range
+    of the layer output, (T, Bw, D*P)): (T, Bw, P); ``h0k`` and ``last_step`` hold those rows.
 
     Outputs are exactly 0 past each sequence's end, so the shifted output sequence is h_prev
     everywhere except at the step that read h0 (forward: t = 0; reverse: each sequence's last
     valid step). Values on padded steps do not matter (their gate gradients are 0)."""
-    T = y_l.shape[0]
-    hs = y_l[:, :, d * P:(d + 1) * P]
-    hp = np.empty((t1 - t0,) + hs.shape[1:], y_l.dtype)
+    hs = y_rows[:, :, d * P:(d + 1) * P]
+    hp = np.empty(hs.shape, y_rows.dtype)
     if d == 0:
-        lo = max(t0, 1)
-        hp[lo - t0:] = hs[lo - 1:t1 - 1]
-        if t0 == 0:
-            hp[0] = h0k
+        hp[1:] = hs[:-1]
+        hp[0] = h0k
     else:
-        hi = min(t1, T - 1)
-        hp[:hi - t0] = hs[t0 + 1:hi + 1]
-        if t1 == T:
-            hp[T - 1 - t0] = 0.0
-        m = (last_step >= t0) & (last_step < t1)
-        hp[last_step[m] - t0, batch[m]] = h0k[m]
+        hp[:-1] = hs[1:]
+        hp[-1] = 0.0
+        hp[last_step, np.arange(hs.shape[1])] = h0k
     return hp
 
 
@@ -266,7 +284,13 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
         def task(d, b0, b1, layer=layer, layer_in=layer_in, prep=prep, y=y, dirs=dirs):
             k = layer * D + d
             Bw = b1 - b0
-            if parallel:  # this slice's own phase 1, on this thread
+            x_in = empty3
+            if parallel and fuse_input(Bw, layer_in.shape[2], P, H):
+                # phase 1 fused into the recurrence: one product per step with [W_ih; W_hh]
+                x_in, xg, xg_off, xb0 = layer_in, empty3, 0, b0
+                w_hh_tb, mb_hh = col_blocks(params, ("w_cat_t", layer, d), _w_cat_t(prep, d),
+                                            Bw, False)
+            elif parallel:  # this slice's own phase 1, on this thread
                 if Bw == B:
                     xw = layer_in.reshape(T * B, -1)
                 else:
@@ -278,14 +302,16 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
                 xg, xg_off, xb0 = xg.reshape(T, Bw, 4 * H), 0, 0
             else:
                 xg, xg_off, xb0 = xg_all, d * 4 * H, b0
-            w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep["w_hh_t"][d], Bw,
-                                        not parallel)
+            if x_in.shape[0] == 0:
+                w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep["w_hh_t"][d], Bw,
+                                            not parallel)
             w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), prep["w_hr_t"][d], Bw,
                                         not parallel)
             gates, cs = dirs[d]
             recurrence_forward(xg, xg_off, xb0, prep["bias"][d], w_hh_tb, w_hr_tb,
                                h0[k, b0:b1], c0[k, b0:b1], lengths[b0:b1], d == 1, y, d * P, b0,
-                               h_n[k, b0:b1], c_n[k, b0:b1], gates, cs, training, mb_hh, mb_hr)
+                               h_n[k, b0:b1], c_n[k, b0:b1], gates, cs, training, mb_hh, mb_hr,
+                               x_in)
 
         _run(task, tasks, parallel)
         if training:
@@ -304,78 +330,76 @@ def lstm_backward(state, dy, dh_n, dc_n):
     dt = params.dtype
     lengths, masks, h0, c0 = state["lengths"], state["masks"], state["h0"], state["c0"]
     T, B = dy.shape[0], dy.shape[1]
-    TB = T * B
+    G = 4 * H
     dh0 = np.empty_like(dh_n)
     dc0 = np.empty_like(dc_n)
     dparams = {}
     dy_layer = np.ascontiguousarray(dy)
     has_proj = params.proj_size > 0
+    empty3 = np.empty((0, 0, 0), dt)
     last_step = lengths - 1
-    batch = np.arange(B)
     for layer in reversed(range(L)):
         saved = state["layers"][layer]
         x_l, y_l = saved["x"], saved["y"]
+        I_l = x_l.shape[2]
         prep = _prepare(params, layer)
-        # Phase 2 for every direction (and batch slice) first: the gate gradients of each
-        # direction live until its phase 3 below.
-        dgs = [workspace(f"dgates{d}", (T, B, 4 * H), dt) for d in range(D)]
-        dhps = [workspace(f"dhp{d}", (T, B, P), dt) if has_proj else np.empty((0, 0, 0), dt)
-                for d in range(D)]
-        tasks = plan_tasks(D, B, _layer_flop(T, B, x_l.shape[2], H, P, D, params.proj_size))
+        tasks = plan_tasks(D, B, _layer_flop(T, B, I_l, H, P, D, params.proj_size))
         parallel = tasks is not None
         if not parallel:
             tasks = [(d, 0, B) for d in range(D)]
+        dx = np.empty((T, B, I_l), dt)
+        dx_rev = np.empty((T, B, I_l), dt) if D > 1 else None  # the reverse direction's share
+        parts = [None] * len(tasks)
 
-        def task(d, b0, b1, layer=layer, saved=saved, prep=prep, dy_layer=dy_layer):
+        def task(i, layer=layer, saved=saved, prep=prep, dy_layer=dy_layer, x_l=x_l, y_l=y_l,
+                 dx=dx, dx_rev=dx_rev, parts=parts, tasks=tasks, parallel=parallel):
+            # Phase 2 for this direction and row range, then its phase 3 while its gate
+            # gradients are fresh: no wait between the two, nothing shared with other tasks.
+            d, b0, b1 = tasks[i]
             k = layer * D + d
+            Bw = b1 - b0
+            rows = T * Bw
+            whole = Bw == B
             gates, cs = saved["dirs"][d]
-            w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], b1 - b0,
+            dg = workspace("dgates", (T, Bw, G), dt)
+            dhp = workspace("dhp", (T, Bw, P), dt) if has_proj else empty3
+            w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep["w_hh"][d], Bw,
                                        not parallel)
-            w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], b1 - b0,
+            w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], Bw,
                                        not parallel)
             recurrence_backward(dy_layer, d * P, b0, gates, cs, c0[k, b0:b1], dh_n[k, b0:b1],
-                                dc_n[k, b0:b1], w_hh_b, w_hr_b, lengths[b0:b1], d == 1, dgs[d],
-                                dhps[d], dh0[k, b0:b1], dc0[k, b0:b1], mb_hh, mb_hr)
+                                dc_n[k, b0:b1], w_hh_b, w_hr_b, lengths[b0:b1], d == 1, dg, dhp,
+                                0, dh0[k, b0:b1], dc0[k, b0:b1], mb_hh, mb_hr)
+            if whole:
+                x2 = x_l.reshape(rows, I_l)
+            else:
+                x2 = workspace("xw", (T, Bw, I_l), dt)
+                np.copyto(x2, x_l[:, b0:b1])
+                x2 = x2.reshape(rows, I_l)
+            hp = _h_prev(y_l[:, b0:b1], h0[k, b0:b1], d, P, last_step[b0:b1])
+            target = dx if d == 0 else dx_rev
+            dx2 = target.reshape(rows, I_l) if whole else workspace("dx_part", (rows, I_l), dt)
+            dw_ih = np.empty((G, I_l), dt)
+            dw_hh = np.empty((G, P), dt)
+            db = np.empty(G, dt)
+            grad_gemms(dg.reshape(rows, G), x2, hp.reshape(rows, P),
+                       params.layer_weights(layer, d)[0], dx2, dw_ih, dw_hh, db)
+            if not whole:
+                target[:, b0:b1] = dx2.reshape(T, Bw, I_l)
+            dw_hr = None
+            if has_proj:
+                hh = gates[:, b0:b1, 3 * H:] * np.tanh(cs[:, b0:b1])  # o * tanh(c); 0 padded
+                dw_hr = np.empty((P, H), dt)
+                matmul_tn_into(dhp.reshape(rows, P), hh.reshape(rows, H), dw_hr)
+            parts[i] = (dw_ih, dw_hh, db, dw_hr)
 
-        _run(task, tasks, parallel)
-        # Phase 3: the gradient GEMMs, split over time ranges (contiguous row blocks of every
-        # operand); each range's partial weight gradients are summed below.
-        spans = split_rows(T, len(tasks)) if parallel else [(0, T)]
-        dx = np.empty((T, B, x_l.shape[2]), dt)
-        parts = [None] * len(spans)
-
-        def grads(i, layer=layer, saved=saved, x_l=x_l, y_l=y_l, dx=dx, parts=parts):
-            t0, t1 = spans[i]
-            r0, r1 = t0 * B, t1 * B
-            x2 = x_l.reshape(TB, -1)[r0:r1]
-            dx2 = dx.reshape(TB, -1)[r0:r1]
-            tmp = workspace("dx_tmp", dx2.shape, dt) if D > 1 else dx2
-            out = []
-            for d in range(D):
-                k = layer * D + d
-                dg = dgs[d].reshape(TB, 4 * H)[r0:r1]
-                hp = _h_prev(y_l, h0[k], d, P, t0, t1, last_step, batch)
-                w_ih = params.layer_weights(layer, d)[0]
-                dw_ih = np.empty((4 * H, x2.shape[1]), dt)
-                dw_hh = np.empty((4 * H, P), dt)
-                db = np.empty(4 * H, dt)
-                grad_gemms(dg, x2, hp.reshape(r1 - r0, P), w_ih, dx2 if d == 0 else tmp,
-                           dw_ih, dw_hh, db)
-                if d > 0:
-                    dx2 += tmp
-                dw_hr = None
-                if has_proj:
-                    gates, cs = saved["dirs"][d]
-                    hh = gates[t0:t1, :, 3 * H:] * np.tanh(cs[t0:t1])  # o * tanh(c); 0 padded
-                    dw_hr = np.empty((P, H), dt)
-                    matmul_tn_into(dhps[d].reshape(TB, P)[r0:r1], hh.reshape(r1 - r0, H), dw_hr)
-                out.append((dw_ih, dw_hh, db, dw_hr))
-            parts[i] = out
-
-        _run(grads, [(i,) for i in range(len(spans))], parallel)
+        _run(task, [(i,) for i in range(len(tasks))], parallel)
+        if dx_rev is not None:
+            dx += dx_rev
         for d in range(D):
             s = f"_l{layer}{params.suffix(d)}"
-            dw_ih, dw_hh, db, dw_hr = (_sum([p[d][j] for p in parts]) for j in range(4))
+            mine = [parts[i] for i, t in enumerate(tasks) if t[0] == d]
+            dw_ih, dw_hh, db, dw_hr = (_sum([p[j] for p in mine]) for j in range(4))
             dparams["weight_ih" + s] = dw_ih
             dparams["weight_hh" + s] = dw_hh
             if params.bias:
@@ -383,7 +407,6 @@ def lstm_backward(state, dy, dh_n, dc_n):
                 dparams["bias_hh" + s] = db.copy()
             if has_proj:
                 dparams["weight_hr" + s] = dw_hr
-        dx = dx.reshape(x_l.shape)
         if layer > 0 and masks is not None:
             dx *= masks[layer - 1]
         dy_layer = dx

@@ -113,9 +113,13 @@ def _active_rows(sorted_len, n_act, t):
 
 @njit(**_OPTS)
 def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
-                       y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr):
+                       y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr, x_in):
     """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases); ``mb_hh``,
     ``mb_hr``: rows per chunk of the two per-step products (>= B: unchunked).
+
+    Fused input projection: with ``x_in`` (T, B', I) the layer input instead of an empty
+    (0, 0, 0) array, ``xg`` is not read and ``w_hh_tb`` holds the column blocks of the stacked
+    ``[W_ih^T; W_hh^T]`` (I + H_out rows): each step's one product is ``[x_t, h] @ W^T``.
 
     Runs the B = ``h0.shape[0]`` sequences whose rows start at ``xb0`` in ``xg`` and at ``b0``
     in ``y``, ``gates_out`` and ``c_out``; ``h0``, ``c0``, ``lengths``, ``h_n``, ``c_n`` hold
@@ -123,24 +127,28 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
 
     The state is kept with its rows sorted by decreasing length, so the per-step products run
     over the sequences still running only (a prefix): finished sequences cost nothing."""
-    T, B = xg.shape[0], h0.shape[0]
+    T, B = y.shape[0], h0.shape[0]
     H = c0.shape[1]
     P = h0.shape[1]
     G = 4 * H
+    I = x_in.shape[2]  # 0 unless fused
     has_proj = w_hr_tb.shape[0] > 0
     order, sorted_len, identity = _by_length(lengths)
-    zp = np.empty((w_hh_tb.shape[0], B, w_hh_tb.shape[2]), dtype=xg.dtype)
-    hpp = np.empty((w_hr_tb.shape[0], B, w_hr_tb.shape[2]), dtype=xg.dtype)
-    h = np.empty((B, P), dtype=xg.dtype)  # row i: sequence order[i]
-    c = np.empty((B, H), dtype=xg.dtype)
+    zp = np.empty((w_hh_tb.shape[0], B, w_hh_tb.shape[2]), dtype=y.dtype)
+    hpp = np.empty((w_hr_tb.shape[0], B, w_hr_tb.shape[2]), dtype=y.dtype)
+    # row i: sequence order[i]; fused, [x_t, h] side by side, the product's left operand
+    hx = np.empty((B, I + P), dtype=y.dtype)
+    h = hx[:, I:]
+    c = np.empty((B, H), dtype=y.dtype)
+    zero_row = np.zeros(G, dtype=y.dtype)
     for i in range(B):
         h[i, :] = h0[order[i]]
         c[i, :] = c0[order[i]]
-    z_work = np.empty((B, G), dtype=xg.dtype)
-    hh = np.empty((B, H), dtype=xg.dtype)  # o * tanh(c) before the projection
-    hp = np.empty((B, P), dtype=xg.dtype)
-    s1 = np.empty(G, dtype=xg.dtype)
-    s2 = np.empty(G, dtype=xg.dtype)
+    z_work = np.empty((B, G), dtype=y.dtype)
+    hh = np.empty((B, H), dtype=y.dtype)  # o * tanh(c) before the projection
+    hp = np.empty((B, P), dtype=y.dtype)
+    s1 = np.empty(G, dtype=y.dtype)
+    s2 = np.empty(G, dtype=y.dtype)
     direct = training and identity
     n_act = 0
     for s in range(T):
@@ -149,10 +157,14 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
         # Training in sorted order: the gates are activated in place in the saved buffer.
         z = gates_out[t, b0:b0 + B] if direct else z_work
         if n_act > 0:
-            _bdot(h[:n_act], w_hh_tb, zp, z[:n_act], mb_hh)
+            if I > 0:
+                for i in range(n_act):
+                    hx[i, :I] = x_in[t, xb0 + order[i]]
+            _bdot(hx[:n_act], w_hh_tb, zp, z[:n_act], mb_hh)
         for i in range(n_act):
             b = order[i]
-            _cell_forward(z[i], xg[t, xb0 + b, xg_off:xg_off + G], bias, c[i], hh[i], H, s1, s2)
+            xb = zero_row if I else xg[t, xb0 + b, xg_off:xg_off + G]
+            _cell_forward(z[i], xb, bias, c[i], hh[i], H, s1, s2)
             if training:
                 if not direct:
                     gates_out[t, b0 + b, :] = z[i]
@@ -208,7 +220,7 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 
 @njit(**_OPTS)
 def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths,
-                        reverse, dgates, dhp_out, dh0, dc0, mb_hh, mb_hr):
+                        reverse, dgates, dhp_out, g0, dh0, dc0, mb_hh, mb_hr):
     """Backward through one direction of one layer.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
@@ -217,8 +229,9 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
     ``dgates`` (T, B, 4H), the gradient of the pre-activation gates (0 on padded steps),
     ``dhp_out`` (T, B, P), the gradient of each step's projected output (only with a
     projection; else shape (0, 0, 0)), and ``dh0``, ``dc0``. Runs the B = ``c0.shape[0]``
-    sequences whose rows start at ``b0`` in ``dy``, ``gates``, ``cs``, ``dgates`` and
-    ``dhp_out``; the other per-sequence arrays hold just those rows. The weight gradients and
+    sequences whose rows start at ``b0`` in ``dy``, ``gates`` and ``cs``, and at ``g0`` in
+    ``dgates`` and ``dhp_out`` (a task may keep its own, contiguous gate gradients); the other
+    per-sequence arrays hold just those rows. The weight gradients and
     dx are whole-sequence GEMMs done by the caller.
     """
     T, B = gates.shape[0], c0.shape[0]
@@ -251,15 +264,15 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
                 dpb[k] = dyb[k] + dhb[k]
         if has_proj:
             for i in range(n_act):
-                dhp_out[t, b0 + order[i], :] = dhp[i]
+                dhp_out[t, g0 + order[i], :] = dhp[i]
             for i in range(n_act, B):
-                dhp_out[t, b0 + order[i], :] = 0.0
+                dhp_out[t, g0 + order[i], :] = 0.0
             if n_act > 0:
                 _bdot(dhp[:n_act], w_hr_b, zpp, dhh[:n_act], mb_hr)
             src = dhh
         else:
             src = dhp
-        dgt = dgates[t, b0:b0 + B] if identity else dg_work
+        dgt = dgates[t, g0:g0 + B] if identity else dg_work
         for i in range(n_act):
             b = order[i]
             first = (t == lengths[b] - 1) if reverse else (t == 0)
@@ -267,9 +280,9 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
             _cell_backward(dgt[i], gates[t, b0 + b], cs[t, b0 + b], cprev, src[i], dc[i], H,
                            s1, s2)
             if not identity:
-                dgates[t, b0 + b, :] = dgt[i]
+                dgates[t, g0 + b, :] = dgt[i]
         for i in range(n_act, B):
-            dgates[t, b0 + order[i], :] = 0.0
+            dgates[t, g0 + order[i], :] = 0.0
         if n_act > 0:
             _bdot(dgt[:n_act], w_hh_b, zp, dh_new[:n_act], mb_hh)
             for i in range(n_act):
