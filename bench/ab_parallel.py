@@ -3,9 +3,11 @@
     python bench/ab_parallel.py [infer|train] [case index ...]
 
 The CPU backend's two paths are selected by ``fastlstm.kernels.cpu.lstm.PARALLEL_MIN_FLOP``
-(infinite: every layer serial; 0: the tasks wherever ``plan_tasks`` finds two). Each backend
-runs its calls in a block (A B C, then C B A: bench/NOTES.md), medians in ms; torch gets
-Numba's thread count. This produced the serial → tasks tables of bench/NOTES.md, items 9 and 11.
+(infinite: every layer serial; 0: the tasks wherever ``plan_tasks`` finds two); ``unfused`` is
+the tasks with ``FUSE_INPUT = False`` (every task computes its input projection as one GEMM
+first). Each backend runs its calls in a block (A B C D, then D C B A: bench/NOTES.md), medians
+in ms; torch gets Numba's thread count. This produced the tables of bench/NOTES.md, items 9, 11
+and 14.
 """
 import sys
 import time
@@ -33,9 +35,10 @@ def main(argv):
         p = fastlstm.LSTMParams.init(I, H, L, bidirectional=bi, seed=0)
         x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
 
-        def ours(min_flop):
+        def ours(min_flop, fuse=True):
             def call():
                 cpu_lstm.PARALLEL_MIN_FLOP = min_flop
+                cpu_lstm.FUSE_INPUT = fuse
                 if mode == "infer":
                     fastlstm.forward(x, p, device="cpu")
                 else:
@@ -43,7 +46,7 @@ def main(argv):
                     fastlstm.backward(out.cache, np.ones_like(out.y))
             return call
 
-        fns = {"serial": ours(float("inf")), "tasks": ours(0.0)}
+        fns = {"serial": ours(float("inf")), "tasks": ours(0.0), "unfused": ours(0.0, False)}
         if torch is not None:
             tl = torch.nn.LSTM(I, H, L, bidirectional=bi)
             tl.load_state_dict({k: torch.from_numpy(np.array(v))
@@ -71,10 +74,12 @@ def main(argv):
                     fns[k]()
                     times[k].append(time.perf_counter() - t0)
         cpu_lstm.PARALLEL_MIN_FLOP = 20e6
+        cpu_lstm.FUSE_INPUT = True
         med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
         line = " ".join(f"{k} {v:.3g} ms" for k, v in med.items())
         if "torch" in med:
             line += (f" | vs torch: serial {med['torch'] / med['serial']:.2f}x,"
+                     f" unfused {med['torch'] / med['unfused']:.2f}x,"
                      f" tasks {med['torch'] / med['tasks']:.2f}x")
         print(f"{mode} T{T} B{B} I{I} H{H} L{L}{' bi' if bi else ''}: {line}", flush=True)
 

@@ -13,8 +13,11 @@ Phase 3 (backward, per direction): ``dW_ih``, ``dW_hh``, ``dW_hr``, ``db`` and `
 whole-sequence GEMMs.
 
 Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
-batch slice does its own phase 1 and phase 2 on a worker thread, and phase 3 is split over time
-ranges (``kernels/cpu/parallel.py``). Every BLAS call goes to SciPy's OpenBLAS (Numba's
+batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``); where
+the stacked product still fits OpenBLAS's small-matrix blocks (``fuse_input``) phase 1 is fused
+into the recurrence, one ``[x_t, h] @ [W_ih; W_hh]^T`` per step. In backward, every task (the
+serial path's too: one per direction) runs its recurrence and then its own rows' phase 3, and
+the partial weight gradients are summed. Every BLAS call goes to SciPy's OpenBLAS (Numba's
 ``np.dot``), never NumPy's: two libraries' idle thread pools would fight over the cores.
 """
 from __future__ import annotations
@@ -55,8 +58,8 @@ def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
     faults on every call (50 ms for the 42 MB input projection at T=20, B=128, H=1024:
     bench/NOTES.md); one buffer per key and thread avoids that. Threads never share one.
     Keys: ``xg`` (input projection), ``xw`` (a task's batch slice of the layer input),
-    ``dgates{d}`` and ``dhp{d}`` (gate / projected-output gradients per direction),
-    ``dx_tmp`` (a time range's dx for the second direction).
+    ``dgates`` and ``dhp`` (a task's gate / projected-output gradients), ``dx_part`` (a batch
+    slice's input gradient before it goes to its rows).
     """
     pool = getattr(_tls, "pool", None)
     if pool is None:
