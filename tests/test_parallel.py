@@ -36,15 +36,13 @@ def threads(monkeypatch):
     Config(T=3, B=13, I=6, H=7, bidirectional=True, proj=3, lengths=True),
 ], ids=str)
 def test_parallel_matches_reference(cfg, dtype, n, fuse, threads, monkeypatch):
-    """With ``fused``, the tasks of the configurations with 4H >= 32 (H = 8, 16) fuse their
-    input projection into the recurrence; the others (4H < 32) keep the GEMM either way."""
+    """``fused``: the tasks compute their input projection inside the recurrence, step by
+    step; ``unfused``: one GEMM per task first."""
     threads(n)
     monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", fuse)
     D = 2 if cfg.bidirectional else 1
     tasks = cpu_lstm.plan_tasks(D, cfg.B, 1.0)
     assert tasks is not None and len(tasks) >= 2  # really on the parallel path
-    rows = tasks[0][2] - tasks[0][1]
-    assert cpu_lstm.fuse_input(rows, cfg.I, cfg.proj or cfg.H, cfg.H) == (fuse and cfg.H >= 8)
     p = make_problem(cfg, dtype, seed=21)
     before = snapshot(p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
     f_ref, b_ref = run(p, "reference")
@@ -71,18 +69,6 @@ def test_parallel_is_deterministic(threads):
     np.testing.assert_array_equal(f1.y, f2.y)
     for name in b1.dparams:
         np.testing.assert_array_equal(b1.dparams[name], b2.dparams[name])
-
-
-def test_fuse_input_rule(monkeypatch):
-    """Fused where the stacked product [x_t, h] @ [W_ih; W_hh]^T runs in whole-row blocks of
-    >= 32 columns under OpenBLAS's small-matrix threshold (bench/NOTES.md, item 14)."""
-    assert cpu_lstm.fuse_input(8, 128, 256, 256)        # 8 x 384 x 1024: 256-column blocks
-    assert cpu_lstm.fuse_input(32, 256, 256, 256)       # 32 x 512 x 1024: 32 columns
-    assert not cpu_lstm.fuse_input(32, 512, 512, 512)   # 16-column blocks only
-    assert not cpu_lstm.fuse_input(64, 1024, 1024, 1024)
-    assert not cpu_lstm.fuse_input(4, 3, 6, 6)          # 4H = 24 < 32
-    monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", False)
-    assert not cpu_lstm.fuse_input(8, 128, 256, 256)
 
 
 def test_plan_tasks(monkeypatch):

@@ -94,9 +94,10 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     cs = np.full((T, B, H), np.nan, dtype)
     w_hr_tb = np.ascontiguousarray(w_hr.T)[None] if proj else np.empty((0, 0, 0), dtype)
     bias = rng.standard_normal(4 * H).astype(dtype)
+    e3 = np.empty((0, 0, 0), dtype)
     cpu_rec.recurrence_forward(xg, d * 4 * H, 0, bias, np.ascontiguousarray(w_hh.T)[None],
                                w_hr_tb, h0, c0, lengths, reverse, y, d * P, 0, h_n, c_n, gates, cs,
-                               True, B, 3, np.empty((0, 0, 0), dtype))
+                               True, B, 3, e3, e3, 1)
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -199,7 +200,7 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
             xs = np.ascontiguousarray(xg[:, b0:b1])  # a slice's own projection, rows from 0
             cpu_rec.recurrence_forward(xs, 0, 0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
                                        lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1],
-                                       c_n[b0:b1], gates, cs, True, B, B, e3)
+                                       c_n[b0:b1], gates, cs, True, B, B, e3, e3, 1)
         return y, gates, cs, h_n, c_n
 
     def backward(spans, gates, cs, dy):
@@ -219,13 +220,13 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "forward")
 
-    # Fused input projection on the same row ranges: the kernel reads x (rows from b0) and
-    # multiplies [x_t, h] by the stacked [W_ih^T; W_hh^T]; xg = x @ W_ih^T above.
+    # Input projection per step on the same row ranges: the kernel reads x (rows from b0)
+    # and multiplies them by W_ih^T (two column blocks, row chunks of 2); xg = x @ W_ih^T above.
     I = 3
     x = rng.standard_normal((T, B, I)).astype(dtype)
     w_ih_t = (rng.standard_normal((I, G)) * 0.4).astype(dtype)
-    w_cat = np.concatenate([w_ih_t, w_hh_t[0]], axis=0)[None]
-    inputs = snapshot(x, w_cat, h0, c0, lengths)
+    w_ih_tb = np.ascontiguousarray(w_ih_t.reshape(I, 2, G // 2).transpose(1, 0, 2))
+    inputs = snapshot(x, w_ih_tb, h0, c0, lengths)
     xg = np.einsum("tbi,ig->tbg", x.astype(np.float64), w_ih_t).astype(dtype)
     ref = forward([(0, B)])
     y = np.full((T, B, H), np.nan, dtype)
@@ -233,10 +234,10 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
     cs = np.full((T, B, H), np.nan, dtype)
     h_n, c_n = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
     for b0, b1 in [(0, 1), (1, B)]:
-        cpu_rec.recurrence_forward(e3, 0, b0, bias, w_cat, e3, h0[b0:b1], c0[b0:b1],
+        cpu_rec.recurrence_forward(e3, 0, b0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
                                    lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1], c_n[b0:b1],
-                                   gates, cs, True, 2, B, x)
-    assert_unchanged(inputs, x, w_cat, h0, c0, lengths)
+                                   gates, cs, True, B, B, x, w_ih_tb, 2)
+    assert_unchanged(inputs, x, w_ih_tb, h0, c0, lengths)
     for a, b in zip((y, gates, cs, h_n, c_n), ref):
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "forward")

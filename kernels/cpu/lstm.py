@@ -13,9 +13,9 @@ Phase 3 (backward, per direction): ``dW_ih``, ``dW_hh``, ``dW_hr``, ``db`` and `
 whole-sequence GEMMs.
 
 Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
-batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``); where
-the stacked product still fits OpenBLAS's small-matrix blocks (``fuse_input``) phase 1 is fused
-into the recurrence, one ``[x_t, h] @ [W_ih; W_hh]^T`` per step. In backward, every task (the
+batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``), phase 1
+inside the recurrence: each step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix blocks, like the
+recurrent product (``FUSE_INPUT``). In backward, every task (the
 serial path's too: one per direction) runs its recurrence and then its own rows' phase 3, and
 the partial weight gradients are summed. Every BLAS call goes to SciPy's OpenBLAS (Numba's
 ``np.dot``), never NumPy's: two libraries' idle thread pools would fight over the cores.
@@ -193,27 +193,9 @@ def plan_tasks(D, B, flop):
     return [(d, b0, b1) for d in range(D) for b0, b1 in split_rows(B, parts)]
 
 
-#: Whether a parallel task fuses its input projection into the recurrence (bench/NOTES.md).
+#: Whether a parallel task runs its input projection inside the recurrence, one small product
+#: per step, instead of one GEMM over all steps first (bench/NOTES.md, item 14).
 FUSE_INPUT = True
-
-
-def fuse_input(rows, I, P, H):
-    """Whether a task's recurrence does the input projection itself: each step one product
-    ``[x_t, h] @ [W_ih; W_hh]^T`` (``rows`` x (I + P) x 4H) on OpenBLAS's small-matrix kernel,
-    instead of one GEMM over all steps first. Only while that product still runs in blocks of
-    whole rows at least 32 columns wide: narrower blocks (large I + P) lose to the one GEMM."""
-    if not FUSE_INPUT:
-        return False
-    width, chunk = block_shape(rows, I + P, 4 * H, threaded=False)
-    return chunk >= rows and width >= 32
-
-
-def _w_cat_t(prep, d):
-    """``[W_ih^T; W_hh^T]`` (I + H_out, 4H) of direction ``d``, memoised with the layer."""
-    cat = prep.setdefault("w_cat_t", {})
-    if d not in cat:
-        cat[d] = np.concatenate([prep["w_ih_t"][d], prep["w_hh_t"][d]], axis=0)
-    return cat[d]
 
 
 def _layer_flop(T, B, I, H, P, D, proj):
@@ -287,12 +269,12 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
         def task(d, b0, b1, layer=layer, layer_in=layer_in, prep=prep, y=y, dirs=dirs):
             k = layer * D + d
             Bw = b1 - b0
-            x_in = empty3
-            if parallel and fuse_input(Bw, layer_in.shape[2], P, H):
-                # phase 1 fused into the recurrence: one product per step with [W_ih; W_hh]
+            x_in, w_ih_tb, mb_ih = empty3, empty3, 1
+            if parallel and FUSE_INPUT:
+                # phase 1 inside the recurrence: each step's x_t @ W_ih^T in small blocks
                 x_in, xg, xg_off, xb0 = layer_in, empty3, 0, b0
-                w_hh_tb, mb_hh = col_blocks(params, ("w_cat_t", layer, d), _w_cat_t(prep, d),
-                                            Bw, False)
+                w_ih_tb, mb_ih = col_blocks(params, ("w_ih_t", layer, d), prep["w_ih_t"][d], Bw,
+                                            False)
             elif parallel:  # this slice's own phase 1, on this thread
                 if Bw == B:
                     xw = layer_in.reshape(T * B, -1)
@@ -305,16 +287,15 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
                 xg, xg_off, xb0 = xg.reshape(T, Bw, 4 * H), 0, 0
             else:
                 xg, xg_off, xb0 = xg_all, d * 4 * H, b0
-            if x_in.shape[0] == 0:
-                w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep["w_hh_t"][d], Bw,
-                                            not parallel)
+            w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep["w_hh_t"][d], Bw,
+                                        not parallel)
             w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), prep["w_hr_t"][d], Bw,
                                         not parallel)
             gates, cs = dirs[d]
             recurrence_forward(xg, xg_off, xb0, prep["bias"][d], w_hh_tb, w_hr_tb,
                                h0[k, b0:b1], c0[k, b0:b1], lengths[b0:b1], d == 1, y, d * P, b0,
                                h_n[k, b0:b1], c_n[k, b0:b1], gates, cs, training, mb_hh, mb_hr,
-                               x_in)
+                               x_in, w_ih_tb, mb_ih)
 
         _run(task, tasks, parallel)
         if training:

@@ -113,13 +113,15 @@ def _active_rows(sorted_len, n_act, t):
 
 @njit(**_OPTS)
 def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
-                       y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr, x_in):
+                       y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr,
+                       x_in, w_ih_tb, mb_ih):
     """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases); ``mb_hh``,
-    ``mb_hr``: rows per chunk of the two per-step products (>= B: unchunked).
+    ``mb_hr``, ``mb_ih``: rows per chunk of the per-step products (>= B: unchunked).
 
-    Fused input projection: with ``x_in`` (T, B', I) the layer input instead of an empty
-    (0, 0, 0) array, ``xg`` is not read and ``w_hh_tb`` holds the column blocks of the stacked
-    ``[W_ih^T; W_hh^T]`` (I + H_out rows): each step's one product is ``[x_t, h] @ W^T``.
+    Input projection per step: with ``x_in`` (T, B', I) the layer input instead of an empty
+    (0, 0, 0) array, ``xg`` is not read; each step multiplies the running sequences' rows of
+    ``x_in`` (from ``xb0``) by ``W_ih^T``, given in column blocks ``w_ih_tb`` (n, I, 4H/n),
+    like ``W_hh^T``.
 
     Runs the B = ``h0.shape[0]`` sequences whose rows start at ``xb0`` in ``xg`` and at ``b0``
     in ``y``, ``gates_out`` and ``c_out``; ``h0``, ``c0``, ``lengths``, ``h_n``, ``c_n`` hold
@@ -131,16 +133,16 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
     H = c0.shape[1]
     P = h0.shape[1]
     G = 4 * H
-    I = x_in.shape[2]  # 0 unless fused
+    I = x_in.shape[2]  # 0 unless the input projection runs per step
     has_proj = w_hr_tb.shape[0] > 0
     order, sorted_len, identity = _by_length(lengths)
     zp = np.empty((w_hh_tb.shape[0], B, w_hh_tb.shape[2]), dtype=y.dtype)
     hpp = np.empty((w_hr_tb.shape[0], B, w_hr_tb.shape[2]), dtype=y.dtype)
-    # row i: sequence order[i]; fused, [x_t, h] side by side, the product's left operand
-    hx = np.empty((B, I + P), dtype=y.dtype)
-    h = hx[:, I:]
+    zpx = np.empty((w_ih_tb.shape[0], B, w_ih_tb.shape[2]), dtype=y.dtype)
+    xs = np.empty((B, I), dtype=y.dtype)  # row i: sequence order[i], as for h and c
+    xz = np.empty((B, G if I else 0), dtype=y.dtype)
+    h = np.empty((B, P), dtype=y.dtype)
     c = np.empty((B, H), dtype=y.dtype)
-    zero_row = np.zeros(G, dtype=y.dtype)
     for i in range(B):
         h[i, :] = h0[order[i]]
         c[i, :] = c0[order[i]]
@@ -157,13 +159,14 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
         # Training in sorted order: the gates are activated in place in the saved buffer.
         z = gates_out[t, b0:b0 + B] if direct else z_work
         if n_act > 0:
+            _bdot(h[:n_act], w_hh_tb, zp, z[:n_act], mb_hh)
             if I > 0:
                 for i in range(n_act):
-                    hx[i, :I] = x_in[t, xb0 + order[i]]
-            _bdot(hx[:n_act], w_hh_tb, zp, z[:n_act], mb_hh)
+                    xs[i, :] = x_in[t, xb0 + order[i]]
+                _bdot(xs[:n_act], w_ih_tb, zpx, xz[:n_act], mb_ih)
         for i in range(n_act):
             b = order[i]
-            xb = zero_row if I else xg[t, xb0 + b, xg_off:xg_off + G]
+            xb = xz[i] if I else xg[t, xb0 + b, xg_off:xg_off + G]
             _cell_forward(z[i], xb, bias, c[i], hh[i], H, s1, s2)
             if training:
                 if not direct:
