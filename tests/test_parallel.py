@@ -37,12 +37,13 @@ def threads(monkeypatch):
 ], ids=str)
 def test_parallel_matches_reference(cfg, dtype, n, fuse, threads, monkeypatch):
     """``fused``: the tasks compute their input projection inside the recurrence, step by
-    step; ``unfused``: one GEMM per task first."""
+    step, and in backward the input gradient too; ``unfused``: one GEMM per task for each."""
     threads(n)
     monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", fuse)
     D = 2 if cfg.bidirectional else 1
     tasks = cpu_lstm.plan_tasks(D, cfg.B, 1.0)
     assert tasks is not None and len(tasks) >= 2  # really on the parallel path
+    assert all(cpu_lstm._fuse_dx(b1 - b0, 4 * cfg.H, cfg.I) for _, b0, b1 in tasks)
     p = make_problem(cfg, dtype, seed=21)
     before = snapshot(p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
     f_ref, b_ref = run(p, "reference")

@@ -114,13 +114,22 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     dhp = np.full((T, B, P), np.nan, dtype) if proj else np.empty((0, 0, 0), dtype)
     dh0 = np.full((B, P), np.nan, dtype)
     dc0 = np.full((B, H), np.nan, dtype)
+    # the input gradient per step too (W_ih in two column blocks); unsorted lengths: the
+    # sorted rows are scattered back, finished ones get 0
+    I = 4
+    w_ih = rng.standard_normal((4 * H, I)).astype(dtype) * 0.4
+    w_ih_b = np.ascontiguousarray(w_ih.reshape(4 * H, 2, I // 2).transpose(1, 0, 2))
+    dx = np.full((T, B, I), np.nan, dtype)
+    inputs = snapshot(dy, dh_n, dc_n, gates, cs, w_ih_b)
     cpu_rec.recurrence_backward(dy, d * P, 0, gates, cs, c0, dh_n, dc_n, w_hh[None],
                                 w_hr[None] if proj else np.empty((0, 0, 0), dtype), lengths,
-                                reverse, dgates, dhp, 0, dh0, dc0, 3, B)
+                                reverse, dgates, dhp, 0, dh0, dc0, 3, B, w_ih_b, 3, dx)
+    assert_unchanged(inputs, dy, dh_n, dc_n, gates, cs, w_ih_b)
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
         dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
         reverse)
-    for a, b in [(dgates, dg_ref), (dh0, dh0_ref), (dc0, dc0_ref)]:
+    dx_ref = np.einsum("tbg,gi->tbi", dg_ref.astype(np.float64), w_ih).astype(dtype)
+    for a, b in [(dgates, dg_ref), (dh0, dh0_ref), (dc0, dc0_ref), (dx, dx_ref)]:
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "grad")
     if proj:
@@ -158,6 +167,15 @@ def test_block_shape_rule():
     assert block_shape(128, 1024, 4096) == (4096, 128)   # > 2^26: one threaded call
     assert block_shape(128, 1024, 4096, threaded=False) == (32, 30)  # a pinned task: blocks
     assert block_shape(64, 1024, 250) == (250, 3)        # no 16-column divisor: rows only
+
+
+def test_fuse_dx_rule():
+    """A task's dx runs per step unless its blocks would be thin row chunks."""
+    from fastlstm.kernels.cpu.lstm import _fuse_dx
+    assert _fuse_dx(8, 1024, 128)        # (100,16,128,256): 64-column blocks, all 8 rows
+    assert _fuse_dx(32, 2048, 512)       # 16 columns x 30 rows (>= CHUNK_MIN_ROWS)
+    assert not _fuse_dx(64, 4096, 1024)  # 32 columns x 7 rows: one GEMM after the recurrence
+    assert _fuse_dx(3, 4096, 1024)       # chunks hold all of a thin slice's rows
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -203,17 +221,19 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
                                        c_n[b0:b1], gates, cs, True, B, B, e3, e3, 1)
         return y, gates, cs, h_n, c_n
 
-    def backward(spans, gates, cs, dy):
+    def backward(spans, gates, cs, dy, w_ih_b=e3):
         dg = np.full((T, B, G), np.nan, dtype)
         dh0, dc0 = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+        dx = np.full((T, B, w_ih_b.shape[0] * w_ih_b.shape[2]) if w_ih_b.size else (0, 0, 0),
+                     np.nan, dtype)
         for b0, b1 in spans:
             # a slice writes its gate gradients into its own array, rows from 0 (g0 = 0)
             own = np.full((T, b1 - b0, G), np.nan, dtype)
             cpu_rec.recurrence_backward(dy, 0, b0, gates, cs, c0[b0:b1], dy[0, b0:b1],
                                         dy[1, b0:b1], w_hh[None], e3, lengths[b0:b1], reverse,
-                                        own, e3, 0, dh0[b0:b1], dc0[b0:b1], B, B)
+                                        own, e3, 0, dh0[b0:b1], dc0[b0:b1], B, B, w_ih_b, 2, dx)
             dg[:, b0:b1] = own
-        return dg, dh0, dc0
+        return (dg, dh0, dc0) + ((dx,) if w_ih_b.size else ())
 
     whole, parts = forward([(0, B)]), forward([(0, 1), (1, B)])
     for a, b in zip(parts, whole):
@@ -244,5 +264,13 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     split = backward([(0, 1), (1, B)], whole[1], whole[2], dy)
     for a, b in zip(split, backward([(0, B)], whole[1], whole[2], dy)):
+        assert np.all(np.isfinite(a))
+        assert_close(a, b, dtype, "grad")
+    # the input gradient per step on the same row ranges (rows [0, 1) keep their order,
+    # [1, 4) are sorted and scattered back): dx = dgates @ W_ih, W_ih as one block
+    w_ih = np.ascontiguousarray(w_ih_t.T)
+    dg, dh0, dc0, dx = backward([(0, 1), (1, B)], whole[1], whole[2], dy, w_ih[None])
+    dx_ref = np.einsum("tbg,gi->tbi", split[0].astype(np.float64), w_ih).astype(dtype)
+    for a, b in zip((dg, dh0, dc0, dx), split + (dx_ref,)):
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "grad")

@@ -17,7 +17,8 @@ batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parall
 inside the recurrence: each step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix blocks, like the
 recurrent product (``FUSE_INPUT``). In backward, every task (the
 serial path's too: one per direction) runs its recurrence and then its own rows' phase 3, and
-the partial weight gradients are summed. Every BLAS call goes to SciPy's OpenBLAS (Numba's
+the partial weight gradients are summed; a parallel task's recurrence also computes each
+step's ``dx`` rows while that step's gate gradients are in cache (``_fuse_dx``). Every BLAS call goes to SciPy's OpenBLAS (Numba's
 ``np.dot``), never NumPy's: two libraries' idle thread pools would fight over the cores.
 """
 from __future__ import annotations
@@ -125,17 +126,18 @@ def block_width(M: int, K: int, N: int) -> int:
 def col_blocks(params, key, w, M, threaded=True):
     """``w`` (K, N) as contiguous column blocks (n, K, N/n) for products with M rows, and the
     rows per chunk (``block_shape``); memoised on the (immutable) params. A single block is a
-    view."""
+    view of a writable ``w`` (a read-only one, e.g. a parameter, is copied once: the kernels
+    are compiled for writable arrays)."""
     K, N = w.shape
     if K == 0:
         return np.empty((0, 0, 0), w.dtype), max(M, 1)
     nb, mb = block_shape(M, K, N, threaded)
-    if nb == N:
+    if nb == N and w.flags.writeable:
         return w.reshape(1, K, N), mb
     memo = params.__dict__.setdefault("_cpu_blocks", {})
     mk = (key, nb)
     if mk not in memo:
-        memo[mk] = np.ascontiguousarray(w.reshape(K, N // nb, nb).transpose(1, 0, 2))
+        memo[mk] = w.reshape(K, N // nb, nb).transpose(1, 0, 2).copy()
     return memo[mk], mb
 
 
@@ -194,8 +196,16 @@ def plan_tasks(D, B, flop):
 
 
 #: Whether a parallel task runs its input projection inside the recurrence, one small product
-#: per step, instead of one GEMM over all steps first (bench/NOTES.md, item 14).
+#: per step, instead of one GEMM over all steps first (bench/NOTES.md, item 14); and, where
+#: ``_fuse_dx`` allows, its backward the input gradient per step too (item 17).
 FUSE_INPUT = True
+
+
+def _fuse_dx(Bw, G, I):
+    """Whether a task's backward computes dx per step: when that product's blocks keep at least
+    CHUNK_MIN_ROWS rows (or all of them); thinner row chunks run slower than one GEMM
+    (bench/NOTES.md, item 17)."""
+    return block_shape(Bw, G, I, False)[1] >= min(Bw, CHUNK_MIN_ROWS)
 
 
 def _layer_flop(T, B, I, H, P, D, proj):
@@ -321,6 +331,7 @@ def lstm_backward(state, dy, dh_n, dc_n):
     dy_layer = np.ascontiguousarray(dy)
     has_proj = params.proj_size > 0
     empty3 = np.empty((0, 0, 0), dt)
+    empty2 = np.empty((0, 0), dt)
     last_step = lengths - 1
     for layer in reversed(range(L)):
         saved = state["layers"][layer]
@@ -351,9 +362,20 @@ def lstm_backward(state, dy, dh_n, dc_n):
                                        not parallel)
             w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep["w_hr"][d], Bw,
                                        not parallel)
+            w_ih = params.layer_weights(layer, d)[0]
+            target = dx if d == 0 else dx_rev
+            fuse = parallel and FUSE_INPUT and _fuse_dx(Bw, G, I_l)
+            if fuse:  # dx per step, inside the recurrence (the forward's projection mirrored)
+                w_ih_b, mb_ih = col_blocks(params, ("w_ih", layer, d), w_ih, Bw, False)
+                dx_step, dx2 = target, empty2
+            else:
+                w_ih_b, mb_ih, dx_step = empty3, 1, empty3
+                dx2 = (target.reshape(rows, I_l) if whole
+                       else workspace("dx_part", (rows, I_l), dt))
             recurrence_backward(dy_layer, d * P, b0, gates, cs, c0[k, b0:b1], dh_n[k, b0:b1],
                                 dc_n[k, b0:b1], w_hh_b, w_hr_b, lengths[b0:b1], d == 1, dg, dhp,
-                                0, dh0[k, b0:b1], dc0[k, b0:b1], mb_hh, mb_hr)
+                                0, dh0[k, b0:b1], dc0[k, b0:b1], mb_hh, mb_hr, w_ih_b, mb_ih,
+                                dx_step)
             if whole:
                 x2 = x_l.reshape(rows, I_l)
             else:
@@ -361,14 +383,12 @@ def lstm_backward(state, dy, dh_n, dc_n):
                 np.copyto(x2, x_l[:, b0:b1])
                 x2 = x2.reshape(rows, I_l)
             hp = _h_prev(y_l[:, b0:b1], h0[k, b0:b1], d, P, last_step[b0:b1])
-            target = dx if d == 0 else dx_rev
-            dx2 = target.reshape(rows, I_l) if whole else workspace("dx_part", (rows, I_l), dt)
             dw_ih = np.empty((G, I_l), dt)
             dw_hh = np.empty((G, P), dt)
             db = np.empty(G, dt)
-            grad_gemms(dg.reshape(rows, G), x2, hp.reshape(rows, P),
-                       params.layer_weights(layer, d)[0], dx2, dw_ih, dw_hh, db)
-            if not whole:
+            grad_gemms(dg.reshape(rows, G), x2, hp.reshape(rows, P), w_ih, dx2, dw_ih, dw_hh,
+                       db)
+            if not (whole or fuse):
                 target[:, b0:b1] = dx2.reshape(T, Bw, I_l)
             dw_hr = None
             if has_proj:

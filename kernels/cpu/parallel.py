@@ -198,9 +198,11 @@ def matmul_tn_into(a, b, out):
 
 @njit(cache=True, nogil=True)
 def grad_gemms(dg, x, hp, w_ih, dx, dw_ih, dw_hh, db):
-    """One block of rows (steps x sequences) of a direction's phase 3: ``dx = dg @ W_ih``,
-    ``dW_ih = dg^T x``, ``dW_hh = dg^T h_prev`` and ``db`` (column sums of ``dg``)."""
-    np.dot(dg, w_ih, dx)
+    """One block of rows (steps x sequences) of a direction's phase 3: ``dx = dg @ W_ih``
+    (skipped when ``dx`` has no rows: the recurrence computed it per step), ``dW_ih = dg^T x``,
+    ``dW_hh = dg^T h_prev`` and ``db`` (column sums of ``dg``)."""
+    if dx.shape[0] > 0:
+        np.dot(dg, w_ih, dx)
     np.dot(dg.T, x, dw_ih)
     np.dot(dg.T, hp, dw_hh)
     db[:] = 0.0

@@ -223,7 +223,8 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 
 @njit(**_OPTS)
 def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths,
-                        reverse, dgates, dhp_out, g0, dh0, dc0, mb_hh, mb_hr):
+                        reverse, dgates, dhp_out, g0, dh0, dc0, mb_hh, mb_hr, w_ih_b, mb_ih,
+                        dx):
     """Backward through one direction of one layer.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
@@ -234,8 +235,13 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
     projection; else shape (0, 0, 0)), and ``dh0``, ``dc0``. Runs the B = ``c0.shape[0]``
     sequences whose rows start at ``b0`` in ``dy``, ``gates`` and ``cs``, and at ``g0`` in
     ``dgates`` and ``dhp_out`` (a task may keep its own, contiguous gate gradients); the other
-    per-sequence arrays hold just those rows. The weight gradients and
-    dx are whole-sequence GEMMs done by the caller.
+    per-sequence arrays hold just those rows. The weight gradients are whole-sequence GEMMs
+    done by the caller.
+
+    Input gradient per step: with ``w_ih_b`` (n, 4H, I/n), the column blocks of W_ih, instead of
+    an empty (0, 0, 0) array, each step also writes ``dx[t]`` (rows from ``b0``, like ``dy``) =
+    that step's gate gradients @ W_ih (0 for finished sequences), while they are still in cache;
+    else ``dx`` (shape (0, 0, 0)) is not touched and the caller computes it.
     """
     T, B = gates.shape[0], c0.shape[0]
     H = cs.shape[2]
@@ -255,6 +261,9 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
     zpp = np.empty((w_hr_b.shape[0], B, w_hr_b.shape[2]), dtype=gates.dtype)
     s1 = np.empty(4 * H, dtype=gates.dtype)
     s2 = np.empty(4 * H, dtype=gates.dtype)
+    I = dx.shape[2] if w_ih_b.shape[0] > 0 else 0
+    zpx = np.empty((w_ih_b.shape[0], B, w_ih_b.shape[2]), dtype=gates.dtype)
+    dxs = np.empty((B if I and not identity else 0, I), dtype=gates.dtype)  # sorted rows
     n_act = 0
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -286,6 +295,17 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
                 dgates[t, g0 + b, :] = dgt[i]
         for i in range(n_act, B):
             dgates[t, g0 + order[i], :] = 0.0
+        if I > 0:
+            if identity:  # sorted order is row order: straight into this step's rows
+                if n_act > 0:
+                    _bdot(dgt[:n_act], w_ih_b, zpx, dx[t, b0:b0 + n_act], mb_ih)
+            else:
+                if n_act > 0:
+                    _bdot(dgt[:n_act], w_ih_b, zpx, dxs[:n_act], mb_ih)
+                for i in range(n_act):
+                    dx[t, b0 + order[i], :] = dxs[i]
+            for i in range(n_act, B):
+                dx[t, b0 + order[i], :] = 0.0
         if n_act > 0:
             _bdot(dgt[:n_act], w_hh_b, zp, dh_new[:n_act], mb_hh)
             for i in range(n_act):
