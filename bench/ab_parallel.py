@@ -5,9 +5,9 @@
 The CPU backend's two paths are selected by ``fastlstm.kernels.cpu.lstm.PARALLEL_MIN_FLOP``
 (infinite: every layer serial; 0: the tasks wherever ``plan_tasks`` finds two); ``unfused`` is
 the tasks with ``FUSE_INPUT = False`` (every task computes its input projection as one GEMM
-first, and its input gradient as one GEMM after the backward recurrence). Each backend runs its calls in a block (A B C D, then D C B A: bench/NOTES.md), medians
-in ms; torch gets Numba's thread count. This produced the tables of bench/NOTES.md, items 9, 11
-and 14.
+first, and its input gradient as one GEMM after the backward recurrence). Each backend runs
+its calls in a block (A B C D, then D C B A: bench/NOTES.md), medians in ms; torch gets
+Numba's thread count. This produced the tables of bench/NOTES.md, items 9, 11, 14 and 17.
 """
 import sys
 import time

@@ -15,11 +15,12 @@ whole-sequence GEMMs.
 Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
 batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``), phase 1
 inside the recurrence: each step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix blocks, like the
-recurrent product (``FUSE_INPUT``). In backward, every task (the
-serial path's too: one per direction) runs its recurrence and then its own rows' phase 3, and
-the partial weight gradients are summed; a parallel task's recurrence also computes each
-step's ``dx`` rows while that step's gate gradients are in cache (``_fuse_dx``). Every BLAS call goes to SciPy's OpenBLAS (Numba's
-``np.dot``), never NumPy's: two libraries' idle thread pools would fight over the cores.
+recurrent product (``FUSE_INPUT``). In backward, every task (the serial path's too: one per
+direction) runs its recurrence and then its own rows' phase 3, and the partial weight
+gradients are summed; a parallel task's recurrence also computes each step's ``dx`` rows while
+that step's gate gradients are in cache (``_fuse_dx``). Every BLAS call goes to SciPy's
+OpenBLAS (Numba's ``np.dot``), never NumPy's: two libraries' idle thread pools would fight
+over the cores.
 """
 from __future__ import annotations
 
