@@ -52,6 +52,28 @@ def test_parallel_matches_reference(cfg, dtype, n, fuse, threads, monkeypatch):
     compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_parallel_dx_per_step_in_some_layers_only(dtype, threads, monkeypatch):
+    """With the per-step input projection on, ``_fuse_dx`` may still keep one dx GEMM for a
+    layer (thin row chunks: the largest sizes): here layer 0 keeps it, layer 1 goes per step,
+    with dropout between them. Four threads: each direction in two batch slices."""
+    threads(4)
+    cfg = Config(T=6, B=9, I=11, H=6, L=2, bidirectional=True, lengths=True)
+    seen = []
+
+    def rule(Bw, G, I):
+        fused = I != cfg.I  # layer 0 (input size cfg.I) keeps the GEMM
+        seen.append(fused)
+        return fused
+
+    monkeypatch.setattr(cpu_lstm, "_fuse_dx", rule)
+    p = make_problem(cfg, dtype, seed=5)
+    f_ref, b_ref = run(p, "reference", dropout=0.3, seed=2)
+    f_cpu, b_cpu = run(p, "cpu", dropout=0.3, seed=2)
+    compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
+    assert True in seen and False in seen  # both kinds of task ran
+
+
 @pytest.mark.parametrize("n", [2, 4])
 def test_parallel_with_dropout_matches_reference(threads, n):
     """Inter-layer dropout masks on the parallel path (directions; with 4, batch slices too)."""

@@ -73,8 +73,11 @@ def test_cpu_matches_reference_hypothesis(T, B, I, H, L, bi, proj, bias, lengths
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("proj", [0, 3])
-def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
-    """Call the kernels directly with NaN-poisoned outputs: every element must be written."""
+@pytest.mark.parametrize("lengths", [[6, 1, 3, 5], [6, 5, 3, 1]], ids=["unsorted", "sorted"])
+def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
+    """Call the kernels directly with NaN-poisoned outputs: every element must be written.
+    ``sorted``: rows already in order of decreasing length, the kernels' in-place branches
+    (gates and dx written straight into their rows), with sequences that finish early."""
     rng = np.random.default_rng(7)
     T, B, H, D = 6, 4, 5, 2
     P = proj or H
@@ -84,7 +87,7 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     w_hr = rng.standard_normal((P, H)).astype(dtype) * 0.4 if proj else None
     h0 = rng.standard_normal((B, P)).astype(dtype)
     c0 = rng.standard_normal((B, H)).astype(dtype)
-    lengths = np.array([6, 1, 3, 5], dtype=np.int64)
+    lengths = np.array(lengths, dtype=np.int64)
     inputs = snapshot(xg, w_hh, h0, c0, lengths)
 
     y = np.full((T, B, D * P), np.nan, dtype)
@@ -114,8 +117,8 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj):
     dhp = np.full((T, B, P), np.nan, dtype) if proj else np.empty((0, 0, 0), dtype)
     dh0 = np.full((B, P), np.nan, dtype)
     dc0 = np.full((B, H), np.nan, dtype)
-    # the input gradient per step too (W_ih in two column blocks); unsorted lengths: the
-    # sorted rows are scattered back, finished ones get 0
+    # the input gradient per step too (W_ih in two column blocks); finished rows get 0 (with
+    # unsorted lengths the sorted rows are scattered back)
     I = 4
     w_ih = rng.standard_normal((4 * H, I)).astype(dtype) * 0.4
     w_ih_b = np.ascontiguousarray(w_ih.reshape(4 * H, 2, I // 2).transpose(1, 0, 2))
