@@ -101,6 +101,16 @@ def _by_length(lengths):
 
 
 @njit(**_OPTS)
+def _scatter_rows(src, dst, off, order, n_act):
+    """``dst[off + order[i]] = src[i]`` for the ``n_act`` running sequences (sorted rows back
+    to row order), 0 for the finished rest."""
+    for i in range(n_act):
+        dst[off + order[i], :] = src[i]
+    for i in range(n_act, order.shape[0]):
+        dst[off + order[i], :] = 0.0
+
+
+@njit(**_OPTS)
 def _active_rows(sorted_len, n_act, t):
     """How many sequences (a prefix of the sorted rows) are still running at step t."""
     B = sorted_len.shape[0]
@@ -275,10 +285,7 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
             for k in range(P):
                 dpb[k] = dyb[k] + dhb[k]
         if has_proj:
-            for i in range(n_act):
-                dhp_out[t, g0 + order[i], :] = dhp[i]
-            for i in range(n_act, B):
-                dhp_out[t, g0 + order[i], :] = 0.0
+            _scatter_rows(dhp, dhp_out[t], g0, order, n_act)
             if n_act > 0:
                 _bdot(dhp[:n_act], w_hr_b, zpp, dhh[:n_act], mb_hr)
             src = dhh
@@ -299,13 +306,11 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
             if identity:  # sorted order is row order: straight into this step's rows
                 if n_act > 0:
                     _bdot(dgt[:n_act], w_ih_b, zpx, dx[t, b0:b0 + n_act], mb_ih)
+                dx[t, b0 + n_act:b0 + B] = 0.0
             else:
                 if n_act > 0:
                     _bdot(dgt[:n_act], w_ih_b, zpx, dxs[:n_act], mb_ih)
-                for i in range(n_act):
-                    dx[t, b0 + order[i], :] = dxs[i]
-            for i in range(n_act, B):
-                dx[t, b0 + order[i], :] = 0.0
+                _scatter_rows(dxs, dx[t], b0, order, n_act)
         if n_act > 0:
             _bdot(dgt[:n_act], w_hh_b, zp, dh_new[:n_act], mb_hh)
             for i in range(n_act):
