@@ -123,18 +123,40 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
     w_ih = rng.standard_normal((4 * H, I)).astype(dtype) * 0.4
     w_ih_b = np.ascontiguousarray(w_ih.reshape(4 * H, 2, I // 2).transpose(1, 0, 2))
     dx = np.full((T, B, I), np.nan, dtype)
+    db = np.full(4 * H, np.nan, dtype)
     inputs = snapshot(dy, dh_n, dc_n, gates, cs, w_ih_b)
     cpu_rec.recurrence_backward(dy, d * P, 0, gates, cs, c0, dh_n, dc_n, w_hh[None],
                                 w_hr[None] if proj else np.empty((0, 0, 0), dtype), lengths,
-                                reverse, dgates, dhp, 0, dh0, dc0, 3, B, w_ih_b, 3, dx)
+                                reverse, dgates, dhp, 0, dh0, dc0, 3, B, w_ih_b, 3, dx, db)
     assert_unchanged(inputs, dy, dh_n, dc_n, gates, cs, w_ih_b)
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
         dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
         reverse)
     dx_ref = np.einsum("tbg,gi->tbi", dg_ref.astype(np.float64), w_ih).astype(dtype)
-    for a, b in [(dgates, dg_ref), (dh0, dh0_ref), (dc0, dc0_ref), (dx, dx_ref)]:
+    db_ref = dg_ref.astype(np.float64).sum(axis=(0, 1)).astype(dtype)
+    for a, b in [(dgates, dg_ref), (dh0, dh0_ref), (dc0, dc0_ref), (dx, dx_ref), (db, db_ref)]:
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "grad")
+
+    # the weight-gradient GEMM's operand [x | h_prev] from the outputs just computed: h0 at
+    # each sequence's first step of this direction, the previous step's output elsewhere,
+    # finite on padded steps (their gate gradients are 0)
+    x = rng.standard_normal((T, B + 1, 3)).astype(dtype)  # rows from b0 = 1
+    y1 = np.concatenate([np.full((T, 1, D * P), np.nan, dtype), y], axis=1)
+    xh = np.full((T, B, 3 + P), np.nan, dtype)
+    inputs = snapshot(x, y1, h0, lengths)
+    cpu_rec.stack_x_hprev(x, 1, y1, d * P, h0, lengths, reverse, xh)
+    assert_unchanged(inputs, x, y1, h0, lengths)
+    np.testing.assert_array_equal(xh[:, :, :3], x[:, 1:])
+    for b in range(B):
+        steps = range(lengths[b])
+        if reverse:
+            steps = steps[::-1]
+        prev = h0[b]
+        for t in steps:
+            np.testing.assert_array_equal(xh[t, b, 3:], prev)
+            prev = ours[t, b]
+        assert np.all(np.isfinite(xh[lengths[b]:, b]))
     if proj:
         assert np.all(np.isfinite(dhp))
 
@@ -229,14 +251,18 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
         dh0, dc0 = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
         dx = np.full((T, B, w_ih_b.shape[0] * w_ih_b.shape[2]) if w_ih_b.size else (0, 0, 0),
                      np.nan, dtype)
+        db = np.zeros(G, dtype)
         for b0, b1 in spans:
             # a slice writes its gate gradients into its own array, rows from 0 (g0 = 0)
             own = np.full((T, b1 - b0, G), np.nan, dtype)
+            db_part = np.full(G, np.nan, dtype)
             cpu_rec.recurrence_backward(dy, 0, b0, gates, cs, c0[b0:b1], dy[0, b0:b1],
                                         dy[1, b0:b1], w_hh[None], e3, lengths[b0:b1], reverse,
-                                        own, e3, 0, dh0[b0:b1], dc0[b0:b1], B, B, w_ih_b, 2, dx)
+                                        own, e3, 0, dh0[b0:b1], dc0[b0:b1], B, B, w_ih_b, 2, dx,
+                                        db_part)
             dg[:, b0:b1] = own
-        return (dg, dh0, dc0) + ((dx,) if w_ih_b.size else ())
+            db += db_part
+        return (dg, dh0, dc0, db) + ((dx,) if w_ih_b.size else ())
 
     whole, parts = forward([(0, B)]), forward([(0, 1), (1, B)])
     for a, b in zip(parts, whole):
@@ -272,8 +298,8 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
     # the input gradient per step on the same row ranges (rows [0, 1) keep their order,
     # [1, 4) are sorted and scattered back): dx = dgates @ W_ih, W_ih as one block
     w_ih = np.ascontiguousarray(w_ih_t.T)
-    dg, dh0, dc0, dx = backward([(0, 1), (1, B)], whole[1], whole[2], dy, w_ih[None])
+    dg, dh0, dc0, db, dx = backward([(0, 1), (1, B)], whole[1], whole[2], dy, w_ih[None])
     dx_ref = np.einsum("tbg,gi->tbi", split[0].astype(np.float64), w_ih).astype(dtype)
-    for a, b in zip((dg, dh0, dc0, dx), split + (dx_ref,)):
+    for a, b in zip((dg, dh0, dc0, db, dx), split + (dx_ref,)):
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "grad")

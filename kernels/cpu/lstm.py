@@ -9,8 +9,10 @@ layer in ``fastlstm.api`` does all validation and layout conversion)::
 Phase 1 (per layer): one GEMM ``(T*B, I) x (I, D*4H)`` for both directions (the biases are
 added inside the recurrence's fused loop, saving a pass over the projection).
 Phase 2 (per direction): ``recurrence_forward`` / ``recurrence_backward``, compiled loops over time.
-Phase 3 (backward, per direction): ``dW_ih``, ``dW_hh``, ``dW_hr``, ``db`` and ``dx`` as
-whole-sequence GEMMs.
+Phase 3 (backward, per direction): ``[dW_ih | dW_hh] = dgates^T [x | h_prev]`` as one
+whole-sequence GEMM (the recurrence's outputs, shifted, are h_prev), ``dW_hr`` and ``dx`` as
+GEMMs; ``db`` is summed inside the backward recurrence while each step's gate gradients are in
+cache.
 
 Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
 batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``), phase 1
@@ -29,9 +31,9 @@ import weakref
 
 import numpy as np
 
-from .parallel import (can_pin, grad_gemms, matmul_into, matmul_tn_into, num_threads, run_tasks,
-                       single_threaded_blas, split_rows)
-from .recurrence import recurrence_backward, recurrence_forward
+from .parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into, num_threads,
+                       run_tasks, single_threaded_blas, split_rows)
+from .recurrence import recurrence_backward, recurrence_forward, stack_x_hprev
 
 __all__ = ["lstm_forward", "lstm_backward", "col_blocks", "block_shape", "SMALL_GEMM_MNK",
            "workspace", "release_workspace", "plan_tasks"]
@@ -223,31 +225,27 @@ def _run(fn, tasks, parallel):
 
 
 def _sum(arrays):
-    if arrays[0] is None:
-        return None
+    """The sum of the tasks' partial gradients (C-contiguous, or None); adds into the first."""
     total = arrays[0]
+    if total is None:
+        return None
     for a in arrays[1:]:
         total += a
     return total
 
 
-def _h_prev(y_rows, h0k, d, P, last_step):
-    """The state each step of direction ``d`` read, for the sequences of ``y_rows`` (a row range
-    of the layer output, (T, Bw, D*P)): (T, Bw, P); ``h0k`` and ``last_step`` hold those rows.
-
-    Outputs are exactly 0 past each sequence's end, so the shifted output sequence is h_prev
-    everywhere except at the step that read h0 (forward: t = 0; reverse: each sequence's last
-    valid step). Values on padded steps do not matter (their gate gradients are 0)."""
-    hs = y_rows[:, :, d * P:(d + 1) * P]
-    hp = np.empty(hs.shape, y_rows.dtype)
-    if d == 0:
-        hp[1:] = hs[:-1]
-        hp[0] = h0k
-    else:
-        hp[:-1] = hs[1:]
-        hp[-1] = 0.0
-        hp[last_step, np.arange(hs.shape[1])] = h0k
-    return hp
+def _sum_split(arrays, n):
+    """The tasks' partial ``[dW_ih | dW_hh]`` (G, n + m) summed and split into the two
+    gradients, C-contiguous."""
+    total = arrays[0]
+    for a in arrays[1:-1]:
+        total += a
+    if len(arrays) == 1:
+        return np.ascontiguousarray(total[:, :n]), np.ascontiguousarray(total[:, n:])
+    out1 = np.empty((total.shape[0], n), total.dtype)
+    out2 = np.empty((total.shape[0], total.shape[1] - n), total.dtype)
+    add_split(total, arrays[-1], out1, out2)
+    return out1, out2
 
 
 def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
@@ -333,7 +331,6 @@ def lstm_backward(state, dy, dh_n, dc_n):
     has_proj = params.proj_size > 0
     empty3 = np.empty((0, 0, 0), dt)
     empty2 = np.empty((0, 0), dt)
-    last_step = lengths - 1
     for layer in reversed(range(L)):
         saved = state["layers"][layer]
         x_l, y_l = saved["x"], saved["y"]
@@ -373,22 +370,27 @@ def lstm_backward(state, dy, dh_n, dc_n):
                 w_ih_b, mb_ih, dx_step = empty3, 1, empty3
                 dx2 = (target.reshape(rows, I_l) if whole
                        else workspace("dx_part", (rows, I_l), dt))
+            db = np.empty(G, dt)
             recurrence_backward(dy_layer, d * P, b0, gates, cs, c0[k, b0:b1], dh_n[k, b0:b1],
                                 dc_n[k, b0:b1], w_hh_b, w_hr_b, lengths[b0:b1], d == 1, dg, dhp,
                                 0, dh0[k, b0:b1], dc0[k, b0:b1], mb_hh, mb_hr, w_ih_b, mb_ih,
-                                dx_step)
-            if whole:
-                x2 = x_l.reshape(rows, I_l)
-            else:
-                x2 = workspace("xw", (T, Bw, I_l), dt)
-                np.copyto(x2, x_l[:, b0:b1])
-                x2 = x2.reshape(rows, I_l)
-            hp = _h_prev(y_l[:, b0:b1], h0[k, b0:b1], d, P, last_step[b0:b1])
-            dw_ih = np.empty((G, I_l), dt)
-            dw_hh = np.empty((G, P), dt)
-            db = np.empty(G, dt)
-            grad_gemms(dg.reshape(rows, G), x2, hp.reshape(rows, P), w_ih, dx2, dw_ih, dw_hh,
-                       db)
+                                dx_step, db)
+            hk = h0[k, b0:b1]
+            if parallel:
+                # [dW_ih | dW_hh] as one GEMM over [x | h_prev]: the gate gradients are read
+                # once (item 18); the operand is built without the GIL
+                xh = workspace("xh", (T, Bw, I_l + P), dt)
+                stack_x_hprev(x_l, b0, y_l, d * P, hk, lengths[b0:b1], d == 1, xh)
+                dw = np.empty((G, I_l + P), dt)
+                grad_gemms(dg.reshape(rows, G), xh.reshape(rows, I_l + P), empty2, w_ih, dx2, dw,
+                           empty2)
+                dw_ih, dw_hh = dw, None  # split when the tasks' parts are summed
+            else:  # one task per direction, the whole batch: x as it is, h_prev alone
+                hp = np.empty((T, B, P), dt)
+                stack_x_hprev(np.empty((T, B, 0), dt), 0, y_l, d * P, hk, lengths, d == 1, hp)
+                dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
+                grad_gemms(dg.reshape(rows, G), x_l.reshape(rows, I_l), hp.reshape(rows, P), w_ih,
+                           dx2, dw_ih, dw_hh)
             if not (whole or fuse):
                 target[:, b0:b1] = dx2.reshape(T, Bw, I_l)
             dw_hr = None
@@ -404,7 +406,11 @@ def lstm_backward(state, dy, dh_n, dc_n):
         for d in range(D):
             s = f"_l{layer}{params.suffix(d)}"
             mine = [parts[i] for i, t in enumerate(tasks) if t[0] == d]
-            dw_ih, dw_hh, db, dw_hr = (_sum([p[j] for p in mine]) for j in range(4))
+            if mine[0][1] is None:
+                dw_ih, dw_hh = _sum_split([p[0] for p in mine], I_l)
+            else:
+                dw_ih, dw_hh = (_sum([p[j] for p in mine]) for j in (0, 1))
+            db, dw_hr = (_sum([p[j] for p in mine]) for j in (2, 3))
             dparams["weight_ih" + s] = dw_ih
             dparams["weight_hh" + s] = dw_hh
             if params.bias:

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "split_rows",
-           "matmul_into", "matmul_tn_into", "grad_gemms"]
+           "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
 
 _lock = threading.Lock()
 _state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
@@ -197,14 +197,28 @@ def matmul_tn_into(a, b, out):
 
 
 @njit(cache=True, nogil=True)
-def grad_gemms(dg, x, hp, w_ih, dx, dw_ih, dw_hh, db):
+def grad_gemms(dg, a, b, w_ih, dx, dw_a, dw_b):
     """One block of rows (steps x sequences) of a direction's phase 3: ``dx = dg @ W_ih``
-    (skipped when ``dx`` has no rows: the recurrence computed it per step), ``dW_ih = dg^T x``,
-    ``dW_hh = dg^T h_prev`` and ``db`` (column sums of ``dg``)."""
+    (skipped when ``dx`` has no rows: the recurrence computed it per step), ``dw_a = dg^T a``
+    and ``dw_b = dg^T b`` (skipped when ``b`` has no columns). With ``a = [x | h_prev]`` one
+    GEMM gives ``[dW_ih | dW_hh]``; with ``a = x``, ``b = h_prev``, two."""
     if dx.shape[0] > 0:
         np.dot(dg, w_ih, dx)
-    np.dot(dg.T, x, dw_ih)
-    np.dot(dg.T, hp, dw_hh)
-    db[:] = 0.0
-    for r in range(dg.shape[0]):
-        db += dg[r]
+    np.dot(dg.T, a, dw_a)
+    if b.shape[1] > 0:
+        np.dot(dg.T, b, dw_b)
+
+
+@njit(cache=True, nogil=True)
+def add_split(a, b, out1, out2):
+    """``out1 = a[:, :n] + b[:, :n]`` and ``out2 = a[:, n:] + b[:, n:]`` (``n = out1.shape[1]``;
+    all C-contiguous): two tasks' ``[dW_ih | dW_hh]`` summed into the two gradients in one
+    pass over the rows. NumPy adds such column ranges ~4x slower (bench/NOTES.md, item 18)."""
+    n = out1.shape[1]
+    for r in range(a.shape[0]):
+        ar, br = a[r], b[r]
+        o1, o2 = out1[r], out2[r]
+        for j in range(n):
+            o1[j] = ar[j] + br[j]
+        for j in range(out2.shape[1]):
+            o2[j] = ar[n + j] + br[n + j]

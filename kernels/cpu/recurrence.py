@@ -234,7 +234,7 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 @njit(**_OPTS)
 def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths,
                         reverse, dgates, dhp_out, g0, dh0, dc0, mb_hh, mb_hr, w_ih_b, mb_ih,
-                        dx):
+                        dx, db):
     """Backward through one direction of one layer.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
@@ -252,6 +252,9 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
     an empty (0, 0, 0) array, each step also writes ``dx[t]`` (rows from ``b0``, like ``dy``) =
     that step's gate gradients @ W_ih (0 for finished sequences), while they are still in cache;
     else ``dx`` (shape (0, 0, 0)) is not touched and the caller computes it.
+
+    ``db`` (4H,) receives the bias gradient, the sum of the gate gradients over steps and
+    sequences, accumulated while each step's rows are in cache (shape (0,): not computed).
     """
     T, B = gates.shape[0], c0.shape[0]
     H = cs.shape[2]
@@ -274,6 +277,9 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
     I = dx.shape[2] if w_ih_b.shape[0] > 0 else 0
     zpx = np.empty((w_ih_b.shape[0], B, w_ih_b.shape[2]), dtype=gates.dtype)
     dxs = np.empty((B if I and not identity else 0, I), dtype=gates.dtype)  # sorted rows
+    want_db = db.shape[0] > 0
+    if want_db:
+        db[:] = 0.0
     n_act = 0
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -302,6 +308,9 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
                 dgates[t, g0 + b, :] = dgt[i]
         for i in range(n_act, B):
             dgates[t, g0 + order[i], :] = 0.0
+        if want_db:
+            for i in range(n_act):
+                db += dgt[i]
         if I > 0:
             if identity:  # sorted order is row order: straight into this step's rows
                 if n_act > 0:
@@ -318,3 +327,34 @@ def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_
     for i in range(B):
         dh0[order[i], :] = dh[i]
         dc0[order[i], :] = dc[i]
+
+
+@njit(**_OPTS)
+def stack_x_hprev(x, b0, y, y_off, h0, lengths, reverse, out):
+    """The operand of a direction's weight-gradient GEMM, ``dW = dgates^T out``.
+
+    ``out`` (T, B, I + P), row (t, b) = ``[x[t, b0 + b] | h_prev]``, where h_prev is the state
+    step t of this direction read: ``h0[b]`` at its first step (forward: t = 0; reverse: the
+    sequence's last valid step), else the output of the step before it (``y`` rows from
+    ``b0``, columns from ``y_off``). Outputs are exactly 0 past each sequence's end, so padded
+    steps get finite values (their gate gradients are 0). Compiled so the tasks copy without
+    the GIL."""
+    T, B = out.shape[0], out.shape[1]
+    I = x.shape[2]
+    P = h0.shape[1]
+    for t in range(T):
+        for b in range(B):
+            o = out[t, b]
+            o[:I] = x[t, b0 + b]
+            hp = o[I:]
+            if reverse:
+                if t == lengths[b] - 1:
+                    hp[:] = h0[b]
+                elif t + 1 < T:
+                    hp[:] = y[t + 1, b0 + b, y_off:y_off + P]
+                else:
+                    hp[:] = 0.0
+            elif t == 0:
+                hp[:] = h0[b]
+            else:
+                hp[:] = y[t - 1, b0 + b, y_off:y_off + P]
