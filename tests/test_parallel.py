@@ -119,6 +119,21 @@ def test_split_rows_covers_once(B, parts):
     assert all(b1 > b0 for b0, b1 in spans) and len(spans) == min(B, parts)
 
 
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_partial_weight_gradients_summed_and_split(n_parts, dtype):
+    """The tasks' partial ``[dW_ih | dW_hh]`` (G, I + P) become two C-contiguous gradients
+    equal to the column ranges of their sum."""
+    rng = np.random.default_rng(n_parts)
+    G, I, P = 12, 5, 7
+    parts = [rng.standard_normal((G, I + P)).astype(dtype) for _ in range(n_parts)]
+    expect = np.sum(np.stack(parts).astype(np.float64), axis=0)
+    dw_ih, dw_hh = cpu_lstm._sum_split(parts, I)
+    for got, want in ((dw_ih, expect[:, :I]), (dw_hh, expect[:, I:])):
+        assert got.flags.c_contiguous and got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
 def test_single_threaded_blas_nests_and_restores():
     get, _ = parallel._openblas()
     before = get()

@@ -9,10 +9,9 @@ layer in ``fastlstm.api`` does all validation and layout conversion)::
 Phase 1 (per layer): one GEMM ``(T*B, I) x (I, D*4H)`` for both directions (the biases are
 added inside the recurrence's fused loop, saving a pass over the projection).
 Phase 2 (per direction): ``recurrence_forward`` / ``recurrence_backward``, compiled loops over time.
-Phase 3 (backward, per direction): ``[dW_ih | dW_hh] = dgates^T [x | h_prev]`` as one
-whole-sequence GEMM (the recurrence's outputs, shifted, are h_prev), ``dW_hr`` and ``dx`` as
-GEMMs; ``db`` is summed inside the backward recurrence while each step's gate gradients are in
-cache.
+Phase 3 (backward, per direction): ``dW_ih = dgates^T x``, ``dW_hh = dgates^T h_prev`` (the
+recurrence's outputs, shifted), ``dW_hr`` and ``dx`` as whole-sequence GEMMs; ``db`` is summed
+inside the backward recurrence while each step's gate gradients are in cache.
 
 Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
 batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``), phase 1
@@ -20,7 +19,8 @@ inside the recurrence: each step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix b
 recurrent product (``FUSE_INPUT``). In backward, every task (the serial path's too: one per
 direction) runs its recurrence and then its own rows' phase 3, and the partial weight
 gradients are summed; a parallel task's recurrence also computes each step's ``dx`` rows while
-that step's gate gradients are in cache (``_fuse_dx``). Every BLAS call goes to SciPy's
+that step's gate gradients are in cache (``_fuse_dx``), and its ``dW_ih`` and ``dW_hh`` come
+from one GEMM over ``[x | h_prev]`` (``stack_x_hprev``), which reads the gate gradients once. Every BLAS call goes to SciPy's
 OpenBLAS (Numba's ``np.dot``), never NumPy's: two libraries' idle thread pools would fight
 over the cores.
 """
