@@ -162,6 +162,12 @@ def check_training_and_dropout(training, dropout) -> float:
     return float(dropout)
 
 
+def _zero_padding(x: np.ndarray, lengths: np.ndarray) -> None:
+    """x (T, B, I): set every step past each sequence's length to 0, in place."""
+    for b in np.flatnonzero(lengths < x.shape[0]):
+        x[lengths[b]:, b] = 0.0
+
+
 def prepare_host_inputs(x, params: LSTMParams, h0=None, c0=None, *, lengths=None,
                         batch_first=False, training=False, dropout=0.0, seed=None) -> PreparedInputs:
     """Validate host inputs (clear errors for every bad input) and normalise their layout."""
@@ -206,6 +212,11 @@ def prepare_host_inputs(x, params: LSTMParams, h0=None, c0=None, *, lengths=None
             c0a = c0a.copy()
         if lengths is not None:
             lens = lens.copy()
+            # Padded steps take no part in the math (packed-sequence semantics), but the weight
+            # gradient GEMMs run over every row: zero them in the cache's own copy, so that
+            # whatever the caller left there (NaN included) cannot reach dW_ih.
+            if (lens < T).any():
+                _zero_padding(xc, lens)  # xc is the cache's own by now
     masks = _dropout_masks(params, T, B, dropout, seed) if training else None
     return PreparedInputs(xc, h0a, c0a, lens, masks, bool(training), bool(batch_first),
                           unbatched, tuple(x_shape))

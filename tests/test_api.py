@@ -398,6 +398,42 @@ def test_cache_owns_lengths():
     np.testing.assert_array_equal(g1.dx, g2.dx)
 
 
+@pytest.mark.parametrize("device,parallel", [("reference", False), ("cpu", False), ("cpu", True)],
+                         ids=["reference", "cpu-serial", "cpu-parallel"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
+def test_values_in_padding_are_ignored(device, parallel, batch_first, monkeypatch):
+    """Steps past a sequence's length take no part (packed-sequence semantics): NaN and inf
+    there give the same outputs and gradients as zeros, and the caller's x keeps them."""
+    from fastlstm.kernels.cpu import lstm as cpu_lstm
+    if parallel:
+        monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOP", 0.0)
+        monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
+    p = make_problem(Config(T=6, B=8, I=5, H=7, L=2, lengths=True), np.float64, seed=3)
+    assert (p.lengths < 6).any()
+    clean, dirty = p.x.copy(), p.x.copy()
+    for b, n in enumerate(p.lengths):
+        clean[n:, b] = 0.0
+        dirty[n:, b] = np.nan
+        dirty[n::2, b, 0] = np.inf
+    if batch_first:
+        clean, dirty = clean.transpose(1, 0, 2).copy(), dirty.transpose(1, 0, 2).copy()
+    before = dirty.copy()
+    res = []
+    for x in (clean, dirty):
+        tr = fastlstm.forward(x, p.params, p.h0, p.c0, lengths=p.lengths, training=True,
+                              batch_first=batch_first, device=device)
+        dy = np.ones_like(tr.y)
+        res.append((tr, fastlstm.backward(tr.cache, dy, p.dh, p.dc)))
+    np.testing.assert_array_equal(dirty, before)  # the caller's x untouched
+    (f0, g0), (f1, g1) = res
+    for a, b in [(f0.y, f1.y), (f0.h, f1.h), (f0.c, f1.c), (g0.dh0, g1.dh0), (g0.dc0, g1.dc0)]:
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(g0.dx, g1.dx)  # 0 on padded steps either way
+    for k in g0.dparams:
+        assert np.all(np.isfinite(g1.dparams[k])), k
+        np.testing.assert_array_equal(g0.dparams[k], g1.dparams[k])
+
+
 @pytest.mark.skipif(torch is None, reason="torch is not installed")
 def test_states_as_tensors_requiring_grad_in_training():
     p = make_problem(Config(T=4, B=2, I=3, H=4), np.float32, seed=0)

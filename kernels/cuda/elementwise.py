@@ -54,6 +54,18 @@ def copy2(src, dst):
 
 
 @cuda.jit
+def zero_padding(x, lengths):
+    """``x[t, b, :] = 0`` for every step t past sequence b's length (in place)."""
+    n0, n1, n2 = x.shape
+    start = cuda.grid(1)
+    step = cuda.gridsize(1)
+    for idx in range(start, n0 * n1 * n2, step):
+        i, j, k = _unravel3(idx, n1, n2)
+        if i >= lengths[j]:
+            x[i, j, k] = _ZERO
+
+
+@cuda.jit
 def mul3(a, m, out):
     """``out = a * m`` elementwise on (n0, n1, n2) arrays (``out`` may be ``a``)."""
     n0, n1, n2 = out.shape

@@ -432,12 +432,17 @@ def forward(x, params, h0=None, c0=None, *, lengths=None, batch_first=False, tra
     c0d = ew.zeros(c_shape) if c0 is None else _state_to_device(c0, "c0", c_shape, unbatched)
     lens = api._check_lengths(_host(lengths), B, T)
     xt = _time_major(xa, bool(batch_first), unbatched, copy=training)
+    lens_d = cuda.to_device(lens)
+    if training and (lens < T).any():
+        # the cache's own copy: padded steps zeroed, so that whatever the caller left there
+        # (NaN included) cannot reach dW_ih (as prepare_host_inputs does for host arrays)
+        g, b = _launch1(xt.size)
+        ew.zero_padding[g, b](xt, lens_d)
     masks = None
     if training:
         hm = api._dropout_masks(params, T, B, dropout, seed)
         masks = None if hm is None else [cuda.to_device(m) for m in hm]
-    y, h, c, state = lstm_forward_device(xt, params, h0d, c0d, cuda.to_device(lens), masks,
-                                         training)
+    y, h, c, state = lstm_forward_device(xt, params, h0d, c0d, lens_d, masks, training)
     if unbatched:
         y_out = y.reshape(T, D * P)
         h, c = h.reshape(L * D, P), c.reshape(L * D, H)

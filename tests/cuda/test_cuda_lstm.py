@@ -134,6 +134,29 @@ def test_device_arrays_in_device_arrays_out(path, cuda_lstm):
         np.testing.assert_array_equal(d.copy_to_host(), a, err_msg="a device input was modified")
 
 
+@pytest.mark.parametrize("on_device", [False, True], ids=["host-x", "device-x"])
+def test_nan_in_padding_is_ignored(on_device, cuda_lstm):
+    """Values past each sequence's length (NaN here) take no part: results match the
+    reference on the same x with zeros there, and the caller's x keeps its NaN."""
+    from numba import cuda
+    cuda_lstm.RECURRENCE = "multi"
+    params, x, h0, c0, lens, dy, dh, dc = _problem(1, 4, 3, 5, 6, 1, 1, 0, True, [4, 2, 1])
+    dirty = x.copy()
+    for b, n in enumerate(lens):
+        x[n:, b] = 0.0
+        dirty[n:, b] = np.nan
+    xin = cuda.to_device(dirty) if on_device else dirty
+    res = fastlstm.forward(xin, params, h0, c0, lengths=lens, training=True, device="cuda")
+    grads = fastlstm.backward(res.cache, dy, dh, dc)
+    host = lambda a: a if isinstance(a, np.ndarray) else a.copy_to_host()  # noqa: E731
+    back = host(xin)
+    assert np.isnan(back).sum() == np.isnan(dirty).sum() > 0  # the caller's x untouched
+    ref = _reference(params, x, h0, c0, lens, dy, dh, dc)
+    res = api.ForwardResult(host(res.y), host(res.h), host(res.c), None)
+    grads = api.BackwardResult(host(grads.dx), host(grads.dh0), host(grads.dc0), grads.dparams)
+    _check(res, grads, ref, "nan padding")
+
+
 def test_unbatched_device_input_float64_x(cuda_lstm):
     """Unbatched (T, I) device x of another float dtype: converted on the device."""
     from numba import cuda
