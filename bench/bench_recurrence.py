@@ -59,7 +59,7 @@ def test_recurrence_forward(benchmark, bench_timer, case, backend):
 
     def run_cpu():
         recurrence_forward(xg, 0, 0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, False, y, 0, 0,
-                           h_n, c_n, e3, e3, False, mb_hh, mb_hr, e3, e3, 1)
+                           h_n, c_n, e3, e3, False, mb_hh, mb_hr, e3, e3, 1, e3)
         return y, h_n, c_n
 
     run = run_cpu if backend == "cpu" else run_reference

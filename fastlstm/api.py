@@ -151,6 +151,7 @@ class PreparedInputs:
     batch_first: bool
     unbatched: bool
     x_shape: tuple         # x's shape as the caller gave it
+    x_shared: bool = True  # x is (a view of) the caller's memory
 
 
 def check_training_and_dropout(training, dropout) -> float:
@@ -204,22 +205,34 @@ def prepare_host_inputs(x, params: LSTMParams, h0=None, c0=None, *, lengths=None
 
     xc = _as_compute(xt, dt)
     if training:  # the cache must own what it keeps: the caller may reuse its arrays
-        if np.shares_memory(xc, xa):
-            xc = xc.copy()
         if h0_host is not None and np.shares_memory(h0a, h0_host):
             h0a = h0a.copy()
         if c0_host is not None and np.shares_memory(c0a, c0_host):
             c0a = c0a.copy()
         if lengths is not None:
             lens = lens.copy()
-            # Padded steps take no part in the math (packed-sequence semantics), but the weight
-            # gradient GEMMs run over every row: zero them in the cache's own copy, so that
-            # whatever the caller left there (NaN included) cannot reach dW_ih.
-            if (lens < T).any():
-                _zero_padding(xc, lens)  # xc is the cache's own by now
+    # x is copied after the forward, and only if the backend's cache keeps it (own_kept_input)
     masks = _dropout_masks(params, T, B, dropout, seed) if training else None
     return PreparedInputs(xc, h0a, c0a, lens, masks, bool(training), bool(batch_first),
-                          unbatched, tuple(x_shape))
+                          unbatched, tuple(x_shape), bool(np.shares_memory(xc, xa)))
+
+
+def own_kept_input(state, prep: PreparedInputs) -> None:
+    """Make a host training cache own the input it keeps (``state["layers"][0]["x"]``, when
+    that is ``prep.x``): a copy when ``prep.x`` is the caller's memory, with every step past
+    each sequence's length zeroed. Padded steps take no part in the math (packed-sequence
+    semantics), but the weight-gradient GEMMs run over every row: whatever the caller left
+    there (NaN included) must not reach dW_ih. A backend whose cache keeps other arrays
+    (the CPU backend's [x | h_prev] rows, written by its kernels) needs nothing here."""
+    if state is None:
+        return
+    layer0 = state["layers"][0]
+    if layer0.get("x") is not prep.x:
+        return
+    x = prep.x.copy() if prep.x_shared else prep.x
+    if (prep.lengths < x.shape[0]).any():
+        _zero_padding(x, prep.lengths)
+    layer0["x"] = x
 
 
 def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_first: bool = False,
@@ -259,6 +272,7 @@ def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_firs
     mod = dispatch.backend(dev)
     y, h, c, state = mod.lstm_forward(prep.x, params, prep.h0, prep.c0, prep.lengths, prep.masks,
                                       prep.training)
+    own_kept_input(state, prep)
     return finish_forward(dev, y, h, c, state, prep)
 
 
@@ -270,10 +284,20 @@ def _user_layout_y(y, batch_first, unbatched):
     return y
 
 
+def _keeps(state, a: np.ndarray) -> bool:
+    """Whether a host cache's state holds (a view of) ``a``: a layer's saved input or output."""
+    for layer in state.get("layers", ()):
+        for k in ("x", "y"):
+            v = layer.get(k)
+            if isinstance(v, np.ndarray) and np.shares_memory(v, a):
+                return True
+    return False
+
+
 def finish_forward(dev, y, h, c, state, prep: PreparedInputs) -> ForwardResult:
     """Wrap a backend's time-major outputs in the caller's layout (and the cache)."""
     y_out = _user_layout_y(y, prep.batch_first, prep.unbatched)
-    if state is not None and np.shares_memory(y_out, y):
+    if state is not None and _keeps(state, y_out):
         y_out = y_out.copy()  # the caller owns y; the cache keeps its own
     cache = None
     if state is not None:

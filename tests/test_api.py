@@ -401,14 +401,15 @@ def test_cache_owns_lengths():
 @pytest.mark.parametrize("device,parallel", [("reference", False), ("cpu", False), ("cpu", True)],
                          ids=["reference", "cpu-serial", "cpu-parallel"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
-def test_values_in_padding_are_ignored(device, parallel, batch_first, monkeypatch):
+@pytest.mark.parametrize("layers", [1, 2])
+def test_values_in_padding_are_ignored(device, parallel, batch_first, layers, monkeypatch):
     """Steps past a sequence's length take no part (packed-sequence semantics): NaN and inf
     there give the same outputs and gradients as zeros, and the caller's x keeps them."""
     from fastlstm.kernels.cpu import lstm as cpu_lstm
     if parallel:
         monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOP", 0.0)
         monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
-    p = make_problem(Config(T=6, B=8, I=5, H=7, L=2, lengths=True), np.float64, seed=3)
+    p = make_problem(Config(T=6, B=8, I=5, H=7, L=layers, lengths=True), np.float64, seed=3)
     assert (p.lengths < 6).any()
     clean, dirty = p.x.copy(), p.x.copy()
     for b, n in enumerate(p.lengths):

@@ -10,6 +10,7 @@ import pytest
 
 import fastlstm
 from fastlstm.kernels.cpu import lstm as cpu_lstm
+from fastlstm.testing import assert_close
 from fastlstm.kernels.cpu import parallel
 
 from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
@@ -109,6 +110,34 @@ def test_plan_tasks(monkeypatch):
     monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
     monkeypatch.setattr(cpu_lstm, "can_pin", lambda: False)
     assert cpu_lstm.plan_tasks(2, 64, big) is None
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
+def test_one_layer_cache_keeps_the_kernels_rows_and_owns_them(batch_first, threads):
+    """One layer, one direction, parallel: the cache keeps the [x | h_prev] rows the forward
+    kernels wrote instead of x and y (so neither is copied for it); changing x or the
+    returned y afterwards changes nothing, and backward twice gives the same result."""
+    threads(2)
+    p = make_problem(Config(T=7, B=10, I=5, H=6, lengths=True), np.float32, seed=8)
+    x = p.x.transpose(1, 0, 2).copy() if batch_first else p.x.copy()
+    tr = fastlstm.forward(x, p.params, p.h0, p.c0, lengths=p.lengths, training=True,
+                          batch_first=batch_first, device="cpu")
+    layer = tr.cache.state["layers"][0]
+    assert layer["x"] is None and layer["y"] is None and len(layer["xh"]) == 2
+    g1 = fastlstm.backward(tr.cache, np.ones_like(tr.y), p.dh, p.dc)
+    x[:] = 7.0
+    tr.y[:] = 9.0
+    g2 = fastlstm.backward(tr.cache, np.ones_like(tr.y), p.dh, p.dc)
+    for a, b in [(g1.dx, g2.dx), (g1.dh0, g2.dh0), (g1.dc0, g2.dc0)]:
+        np.testing.assert_array_equal(a, b)
+    for k in g1.dparams:
+        np.testing.assert_array_equal(g1.dparams[k], g2.dparams[k])
+    rf = fastlstm.forward(p.x, p.params, p.h0, p.c0, lengths=p.lengths, training=True,
+                          device="reference")
+    ref = fastlstm.backward(rf.cache, np.ones_like(rf.y), p.dh, p.dc)
+    assert_close(g1.dx.transpose(1, 0, 2) if batch_first else g1.dx, ref.dx, np.float32, "grad")
+    for k in ref.dparams:
+        assert_close(g1.dparams[k], ref.dparams[k], np.float32, "grad", k)
 
 
 @pytest.mark.parametrize("B,parts", [(1, 1), (5, 2), (16, 3), (3, 5)])

@@ -100,7 +100,7 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
     e3 = np.empty((0, 0, 0), dtype)
     cpu_rec.recurrence_forward(xg, d * 4 * H, 0, bias, np.ascontiguousarray(w_hh.T)[None],
                                w_hr_tb, h0, c0, lengths, reverse, y, d * P, 0, h_n, c_n, gates, cs,
-                               True, B, 3, e3, e3, 1)
+                               True, B, 3, e3, e3, 1, e3)
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -243,7 +243,7 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
             xs = np.ascontiguousarray(xg[:, b0:b1])  # a slice's own projection, rows from 0
             cpu_rec.recurrence_forward(xs, 0, 0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
                                        lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1],
-                                       c_n[b0:b1], gates, cs, True, B, B, e3, e3, 1)
+                                       c_n[b0:b1], gates, cs, True, B, B, e3, e3, 1, e3)
         return y, gates, cs, h_n, c_n
 
     def backward(spans, gates, cs, dy, w_ih_b=e3):
@@ -275,21 +275,38 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
     x = rng.standard_normal((T, B, I)).astype(dtype)
     w_ih_t = (rng.standard_normal((I, G)) * 0.4).astype(dtype)
     w_ih_tb = np.ascontiguousarray(w_ih_t.reshape(I, 2, G // 2).transpose(1, 0, 2))
-    inputs = snapshot(x, w_ih_tb, h0, c0, lengths)
     xg = np.einsum("tbi,ig->tbg", x.astype(np.float64), w_ih_t).astype(dtype)
     ref = forward([(0, B)])
     y = np.full((T, B, H), np.nan, dtype)
     gates = np.full((T, B, G), np.nan, dtype)
     cs = np.full((T, B, H), np.nan, dtype)
     h_n, c_n = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+    x_pad = x.copy()
+    for b in range(B):
+        x_pad[lengths[b]:, b] = np.nan  # never read: the saved rows get 0 there
+    inputs = snapshot(x_pad, w_ih_tb, h0, c0, lengths)
+    xhs = []
     for b0, b1 in [(0, 1), (1, B)]:
+        # each range also writes its own [x | h_prev] rows, rows from 0
+        xh = np.full((T, b1 - b0, I + H), np.nan, dtype)
         cpu_rec.recurrence_forward(e3, 0, b0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
                                    lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1], c_n[b0:b1],
-                                   gates, cs, True, B, B, x, w_ih_tb, 2)
-    assert_unchanged(inputs, x, w_ih_tb, h0, c0, lengths)
+                                   gates, cs, True, B, B, x_pad, w_ih_tb, 2, xh)
+        xhs.append(xh)
+    assert_unchanged(inputs, x_pad, w_ih_tb, h0, c0, lengths)
     for a, b in zip((y, gates, cs, h_n, c_n), ref):
         assert np.all(np.isfinite(a))
         assert_close(a, b, dtype, "forward")
+    # the kernel's [x | h_prev] rows: stack_x_hprev's on valid steps (x, and the outputs just
+    # written, shifted), x = 0 and a finite state on padded ones
+    for (b0, b1), xh in zip([(0, 1), (1, B)], xhs):
+        want = np.empty_like(xh)
+        cpu_rec.stack_x_hprev(x, b0, y, 0, h0[b0:b1], lengths[b0:b1], reverse, want)
+        for b in range(b1 - b0):
+            n = lengths[b0 + b]
+            np.testing.assert_array_equal(xh[:n, b], want[:n, b])
+            np.testing.assert_array_equal(xh[n:, b, :I], 0.0)
+            assert np.all(np.isfinite(xh[n:, b]))
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     split = backward([(0, 1), (1, B)], whole[1], whole[2], dy)
     for a, b in zip(split, backward([(0, B)], whole[1], whole[2], dy)):

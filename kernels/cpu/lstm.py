@@ -274,8 +274,12 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
         y = np.empty((T, B, D * P), dt)
         dirs = [(np.empty((T, B, 4 * H), dt), np.empty((T, B, H), dt)) if training
                 else (empty3, empty3) for _ in range(D)]
+        # One layer, one direction, per-step input projection: the kernels write the backward's
+        # [x | h_prev] rows themselves, and the cache keeps them instead of x and y (item 19)
+        own_xh = training and parallel and FUSE_INPUT and L == 1 and D == 1
+        xhs = [np.empty((T, b1 - b0, I + P), dt) if own_xh else empty3 for _, b0, b1 in tasks]
 
-        def task(d, b0, b1, layer=layer, layer_in=layer_in, prep=prep, y=y, dirs=dirs):
+        def task(d, b0, b1, xh_out, layer=layer, layer_in=layer_in, prep=prep, y=y, dirs=dirs):
             k = layer * D + d
             Bw = b1 - b0
             x_in, w_ih_tb, mb_ih = empty3, empty3, 1
@@ -304,10 +308,12 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
             recurrence_forward(xg, xg_off, xb0, prep["bias"][d], w_hh_tb, w_hr_tb,
                                h0[k, b0:b1], c0[k, b0:b1], lengths[b0:b1], d == 1, y, d * P, b0,
                                h_n[k, b0:b1], c_n[k, b0:b1], gates, cs, training, mb_hh, mb_hr,
-                               x_in, w_ih_tb, mb_ih)
+                               x_in, w_ih_tb, mb_ih, xh_out)
 
-        _run(task, tasks, parallel)
-        if training:
+        _run(task, [t + (xh,) for t, xh in zip(tasks, xhs)], parallel)
+        if own_xh:
+            saved.append(dict(x=None, y=None, xh=xhs, tasks=tasks, dirs=dirs))
+        elif training:
             saved.append(dict(x=layer_in, y=y, dirs=dirs))
         layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
     state = None
@@ -333,19 +339,22 @@ def lstm_backward(state, dy, dh_n, dc_n):
     empty2 = np.empty((0, 0), dt)
     for layer in reversed(range(L)):
         saved = state["layers"][layer]
-        x_l, y_l = saved["x"], saved["y"]
-        I_l = x_l.shape[2]
+        x_l, y_l, xhs = saved["x"], saved["y"], saved.get("xh")
+        I_l = x_l.shape[2] if xhs is None else xhs[0].shape[2] - P
         prep = _prepare(params, layer)
-        tasks = plan_tasks(D, B, _layer_flop(T, B, I_l, H, P, D, params.proj_size))
-        parallel = tasks is not None
-        if not parallel:
-            tasks = [(d, 0, B) for d in range(D)]
+        if xhs is not None:  # the forward's tasks, whose [x | h_prev] rows it kept
+            tasks, parallel = saved["tasks"], True
+        else:
+            tasks = plan_tasks(D, B, _layer_flop(T, B, I_l, H, P, D, params.proj_size))
+            parallel = tasks is not None
+            if not parallel:
+                tasks = [(d, 0, B) for d in range(D)]
         dx = np.empty((T, B, I_l), dt)
         dx_rev = np.empty((T, B, I_l), dt) if D > 1 else None  # the reverse direction's share
         parts = [None] * len(tasks)
 
         def task(i, layer=layer, saved=saved, prep=prep, dy_layer=dy_layer, x_l=x_l, y_l=y_l,
-                 dx=dx, dx_rev=dx_rev, parts=parts, tasks=tasks, parallel=parallel):
+                 xhs=xhs, dx=dx, dx_rev=dx_rev, parts=parts, tasks=tasks, parallel=parallel):
             # Phase 2 for this direction and row range, then its phase 3 while its gate
             # gradients are fresh: no wait between the two, nothing shared with other tasks.
             d, b0, b1 = tasks[i]
@@ -378,9 +387,13 @@ def lstm_backward(state, dy, dh_n, dc_n):
             hk = h0[k, b0:b1]
             if parallel:
                 # [dW_ih | dW_hh] as one GEMM over [x | h_prev]: the gate gradients are read
-                # once (item 18); the operand is built without the GIL
-                xh = workspace("xh", (T, Bw, I_l + P), dt)
-                stack_x_hprev(x_l, b0, y_l, d * P, hk, lengths[b0:b1], d == 1, xh)
+                # once (item 18); the operand is the forward's (item 19) or built here, without
+                # the GIL
+                if xhs is not None:
+                    xh = xhs[i]
+                else:
+                    xh = workspace("xh", (T, Bw, I_l + P), dt)
+                    stack_x_hprev(x_l, b0, y_l, d * P, hk, lengths[b0:b1], d == 1, xh)
                 dw = np.empty((G, I_l + P), dt)
                 grad_gemms(dg.reshape(rows, G), xh.reshape(rows, I_l + P), empty2, w_ih, dx2, dw,
                            empty2)

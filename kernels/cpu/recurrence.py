@@ -124,7 +124,7 @@ def _active_rows(sorted_len, n_act, t):
 @njit(**_OPTS)
 def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
                        y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr,
-                       x_in, w_ih_tb, mb_ih):
+                       x_in, w_ih_tb, mb_ih, xh_out):
     """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases); ``mb_hh``,
     ``mb_hr``, ``mb_ih``: rows per chunk of the per-step products (>= B: unchunked).
 
@@ -138,7 +138,12 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
     just those B rows. Disjoint row ranges can run concurrently (``lstm.py``'s tasks).
 
     The state is kept with its rows sorted by decreasing length, so the per-step products run
-    over the sequences still running only (a prefix): finished sequences cost nothing."""
+    over the sequences still running only (a prefix): finished sequences cost nothing.
+
+    With the input projection per step, ``xh_out`` (T, B, I + H_out) instead of an empty
+    (0, 0, 0) array receives each step's ``[x_t | h_prev]`` rows (rows from 0): the operand of
+    the weight-gradient GEMM (``stack_x_hprev``'s layout), written while the rows are in cache.
+    Past a sequence's end its x part is 0 and its h part the state it ended with."""
     T, B = y.shape[0], h0.shape[0]
     H = c0.shape[1]
     P = h0.shape[1]
@@ -162,6 +167,7 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
     s1 = np.empty(G, dtype=y.dtype)
     s2 = np.empty(G, dtype=y.dtype)
     direct = training and identity
+    save_xh = I > 0 and xh_out.shape[0] > 0
     n_act = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -174,6 +180,14 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
                 for i in range(n_act):
                     xs[i, :] = x_in[t, xb0 + order[i]]
                 _bdot(xs[:n_act], w_ih_tb, zpx, xz[:n_act], mb_ih)
+        if save_xh:
+            for i in range(B):
+                row = xh_out[t, order[i]]
+                if i < n_act:
+                    row[:I] = xs[i]
+                else:
+                    row[:I] = 0.0
+                row[I:] = h[i]  # the state this step reads
         for i in range(n_act):
             b = order[i]
             xb = xz[i] if I else xg[t, xb0 + b, xg_off:xg_off + G]

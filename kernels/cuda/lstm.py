@@ -144,6 +144,15 @@ def _time_major(da, batch_first, unbatched, copy):
     return _copy_to(da, cuda.device_array(da.shape, _F32))
 
 
+def _zero_padding(xd, lens_d, lens):
+    """Zero the steps past each sequence's length in the cache's own device copy of x, so that
+    whatever the caller left there (NaN included) cannot reach dW_ih (``api.own_kept_input``
+    does the same for host caches)."""
+    if (lens < xd.shape[0]).any():
+        g, b = _launch1(xd.size)
+        _k()[2].zero_padding[g, b](xd, lens_d)
+
+
 def _host(a):
     return _as_device(a).copy_to_host() if (a is not None and is_device_array(a)) else a
 
@@ -395,9 +404,12 @@ def forward(x, params, h0=None, c0=None, *, lengths=None, batch_first=False, tra
                                        dropout=dropout, seed=seed)
         T, B, _ = prep.x.shape
         masks = None if prep.masks is None else [cuda.to_device(m) for m in prep.masks]
+        xd, lens_d = cuda.to_device(prep.x), cuda.to_device(prep.lengths)
+        if prep.training:
+            _zero_padding(xd, lens_d, prep.lengths)
         y, h, c, state = lstm_forward_device(
-            cuda.to_device(prep.x), params, cuda.to_device(prep.h0), cuda.to_device(prep.c0),
-            cuda.to_device(prep.lengths), masks, prep.training)
+            xd, params, cuda.to_device(prep.h0), cuda.to_device(prep.c0), lens_d, masks,
+            prep.training)
         if state is not None:
             state["gpu_io"] = False
         return api.finish_forward("cuda", y.copy_to_host(), h.copy_to_host(), c.copy_to_host(),
@@ -433,11 +445,8 @@ def forward(x, params, h0=None, c0=None, *, lengths=None, batch_first=False, tra
     lens = api._check_lengths(_host(lengths), B, T)
     xt = _time_major(xa, bool(batch_first), unbatched, copy=training)
     lens_d = cuda.to_device(lens)
-    if training and (lens < T).any():
-        # the cache's own copy: padded steps zeroed, so that whatever the caller left there
-        # (NaN included) cannot reach dW_ih (as prepare_host_inputs does for host arrays)
-        g, b = _launch1(xt.size)
-        ew.zero_padding[g, b](xt, lens_d)
+    if training:
+        _zero_padding(xt, lens_d, lens)
     masks = None
     if training:
         hm = api._dropout_masks(params, T, B, dropout, seed)
