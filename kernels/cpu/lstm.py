@@ -22,9 +22,9 @@ gradients are summed; a parallel task's recurrence also computes each step's ``d
 that step's gate gradients are in cache (``_fuse_dx``), and its ``dW_ih`` and ``dW_hh`` come
 from one GEMM over ``[x | h_prev]`` (``stack_x_hprev``), which reads the gate gradients once.
 For one layer and one direction the forward kernels write those ``[x | h_prev]`` rows
-themselves, and the training cache keeps them instead of the layer's input and output. Every BLAS call goes to SciPy's
-OpenBLAS (Numba's ``np.dot``), never NumPy's: two libraries' idle thread pools would fight
-over the cores.
+themselves, and the training cache keeps them instead of the layer's input and output.
+Every BLAS call goes to SciPy's OpenBLAS (Numba's ``np.dot``), never NumPy's: two libraries'
+idle thread pools would fight over the cores.
 """
 from __future__ import annotations
 
