@@ -113,10 +113,12 @@ def test_plan_tasks(monkeypatch):
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
-def test_one_layer_cache_keeps_the_kernels_rows_and_owns_them(batch_first, threads):
+def test_one_layer_cache_keeps_the_kernels_rows_and_owns_them(batch_first, threads,
+                                                               monkeypatch):
     """One layer, one direction, parallel: the cache keeps the [x | h_prev] rows the forward
     kernels wrote instead of x and y (so neither is copied for it); changing x or the
-    returned y afterwards changes nothing, and backward twice gives the same result."""
+    returned y afterwards changes nothing, backward twice gives the same result, and so does a
+    backward with one thread left."""
     threads(2)
     p = make_problem(Config(T=7, B=10, I=5, H=6, lengths=True), np.float32, seed=8)
     x = p.x.transpose(1, 0, 2).copy() if batch_first else p.x.copy()
@@ -132,6 +134,13 @@ def test_one_layer_cache_keeps_the_kernels_rows_and_owns_them(batch_first, threa
         np.testing.assert_array_equal(a, b)
     for k in g1.dparams:
         np.testing.assert_array_equal(g1.dparams[k], g2.dparams[k])
+    # with the cores taken away before backward, the forward's tasks run one at a time
+    threads(1)
+    monkeypatch.setattr(cpu_lstm, "run_tasks", None)  # calling the pool would fail
+    g3 = fastlstm.backward(tr.cache, np.ones_like(tr.y), p.dh, p.dc)
+    np.testing.assert_array_equal(g3.dx, g1.dx)
+    for k in g1.dparams:
+        np.testing.assert_array_equal(g3.dparams[k], g1.dparams[k])
     rf = fastlstm.forward(p.x, p.params, p.h0, p.c0, lengths=p.lengths, training=True,
                           device="reference")
     ref = fastlstm.backward(rf.cache, np.ones_like(rf.y), p.dh, p.dc)

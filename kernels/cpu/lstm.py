@@ -65,7 +65,8 @@ def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
     bench/NOTES.md); one buffer per key and thread avoids that. Threads never share one.
     Keys: ``xg`` (input projection), ``xw`` (a task's batch slice of the layer input),
     ``dgates`` and ``dhp`` (a task's gate / projected-output gradients), ``dx_part`` (a batch
-    slice's input gradient before it goes to its rows).
+    slice's input gradient before it goes to its rows), ``xh`` (a task's ``[x | h_prev]``
+    rows for its weight-gradient GEMM).
     """
     pool = getattr(_tls, "pool", None)
     if pool is None:
@@ -346,11 +347,13 @@ def lstm_backward(state, dy, dh_n, dc_n):
         prep = _prepare(params, layer)
         if xhs is not None:  # the forward's tasks, whose [x | h_prev] rows it kept
             tasks, parallel = saved["tasks"], True
+            threads = num_threads() > 1 and can_pin()  # one at a time if cores were taken away
         else:
             tasks = plan_tasks(D, B, _layer_flop(T, B, I_l, H, P, D, params.proj_size))
             parallel = tasks is not None
             if not parallel:
                 tasks = [(d, 0, B) for d in range(D)]
+            threads = parallel
         dx = np.empty((T, B, I_l), dt)
         dx_rev = np.empty((T, B, I_l), dt) if D > 1 else None  # the reverse direction's share
         parts = [None] * len(tasks)
@@ -415,7 +418,7 @@ def lstm_backward(state, dy, dh_n, dc_n):
                 matmul_tn_into(dhp.reshape(rows, P), hh.reshape(rows, H), dw_hr)
             parts[i] = (dw_ih, dw_hh, db, dw_hr)
 
-        _run(task, [(i,) for i in range(len(tasks))], parallel)
+        _run(task, [(i,) for i in range(len(tasks))], threads)
         if dx_rev is not None:
             dx += dx_rev
         for d in range(D):

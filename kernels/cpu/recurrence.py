@@ -22,7 +22,8 @@ unchanged and write 0 to ``y``, which gives packed-sequence semantics for both d
 with one shared time loop.
 
 Training mode saves, per step and sequence, the activated gates (4H) and the cell state (H):
-everything backward needs besides the layer's input and output (which the caller keeps).
+everything backward needs besides the layer's input and output (which the caller keeps), or
+besides the ``[x_t | h_prev]`` rows, which the forward writes itself when asked (``xh_out``).
 """
 import numpy as np
 from numba import njit
@@ -143,7 +144,8 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
     With the input projection per step, ``xh_out`` (T, B, I + H_out) instead of an empty
     (0, 0, 0) array receives each step's ``[x_t | h_prev]`` rows (rows from 0): the operand of
     the weight-gradient GEMM (``stack_x_hprev``'s layout), written while the rows are in cache.
-    Past a sequence's end its x part is 0 and its h part the state it ended with."""
+    On padded steps the x part is 0 and the h part the state held then (the final state
+    going forward, h0 in reverse): finite, and their gate gradients are 0."""
     T, B = y.shape[0], h0.shape[0]
     H = c0.shape[1]
     P = h0.shape[1]
