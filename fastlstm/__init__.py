@@ -1,9 +1,18 @@
 """fastlstm: compiled LSTM kernels (Numba CPU, numba.cuda GPU) with torch.nn.LSTM's math."""
-from .api import LSTM, BackwardResult, ForwardResult, LSTMCache, backward, forward
+from . import config
+from .api import LSTM, BackwardResult, ForwardResult, LSTMCache, backward, forward, warmup
 from .dispatch import available_devices
 from .params import LSTMParams
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMParams", "forward", "backward", "ForwardResult", "BackwardResult",
-           "LSTMCache", "available_devices", "__version__"]
+
+def release_workspace() -> None:
+    """Free the CPU backend's per-thread scratch buffers (they are reused across calls)."""
+    from .backends.cpu import release_workspace as release
+    release()
+
+
+__all__ = ["LSTM", "LSTMParams", "forward", "backward", "warmup", "ForwardResult",
+           "BackwardResult", "LSTMCache", "available_devices", "release_workspace", "config",
+           "__version__"]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backends.state import LayerState, TrainingState
+
 __all__ = ["sigmoid", "recurrence_forward", "recurrence_backward", "lstm_forward", "lstm_backward"]
 
 
@@ -105,13 +107,14 @@ def recurrence_backward(dhs, dh_n, dc_n, gates, cs, h0, c0, hs, w_hh, w_hr, leng
 
 
 def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
-    """Full multi-layer forward. Returns ``y, h_n, c_n, state`` (state is None unless training)."""
+    """Full multi-layer forward: ``y, h_n, c_n, state, paths`` (the backend contract of
+    ``fastlstm.backends``; ``state`` is None unless training)."""
     L, D = params.num_layers, params.num_directions
     layer_in = x
     h_n, c_n = np.empty_like(h0), np.empty_like(c0)
     saved = []
     for layer in range(L):
-        outs, per_dir = [], []
+        outs, gates_d, cells_d = [], [], []
         for d in range(D):
             w_ih, w_hh, b_ih, b_hh, w_hr = params.layer_weights(layer, d)
             xg = layer_in @ w_ih.T
@@ -121,46 +124,45 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
             hs, h_n[k], c_n[k], gates, cs = recurrence_forward(
                 xg, w_hh, w_hr, h0[k], c0[k], lengths, reverse=(d == 1))
             outs.append(hs)
-            per_dir.append((gates, cs))
+            gates_d.append(gates)
+            cells_d.append(cs)
         y = np.concatenate(outs, axis=2)
-        saved.append(dict(x=layer_in, y=y, dirs=per_dir))
+        saved.append(LayerState(x=layer_in, y=y, gates=tuple(gates_d), cells=tuple(cells_d)))
         layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
+    paths = ("reference",) * L
     state = None
     if training:
-        state = dict(params=params, layers=saved, h0=h0, c0=c0, lengths=lengths, masks=masks)
-    return layer_in, h_n, c_n, state
+        state = TrainingState("reference", params, params.version, tuple(saved), h0, c0, lengths,
+                              tuple(masks) if masks is not None else (), paths)
+    return layer_in, h_n, c_n, state, paths
 
 
 def lstm_backward(state, dy, dh_n, dc_n):
-    """Full backward from the ``state`` of a training forward. Returns ``dx, dh0, dc0, dparams``."""
-    params = state["params"]
+    """Full backward from the ``state`` of a training forward: ``dx, dh0, dc0, dparams``."""
+    params = state.params
     L, D, P = params.num_layers, params.num_directions, params.output_size
-    lengths, masks = state["lengths"], state["masks"]
+    lengths, masks = state.lengths, state.masks
     dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
-    dparams = {}
+    per_layer = [None] * L
     dy_layer = dy
     for layer in reversed(range(L)):
-        saved = state["layers"][layer]
-        dx_layer = np.zeros_like(saved["x"])
+        saved = state.layers[layer]
+        dx_layer = np.zeros_like(saved.x)
+        dirs = []
         for d in range(D):
             w_ih, w_hh, b_ih, b_hh, w_hr = params.layer_weights(layer, d)
-            gates, cs = saved["dirs"][d]
             k = layer * D + d
-            hs = saved["y"][:, :, d * P:(d + 1) * P]
+            hs = saved.y[:, :, d * P:(d + 1) * P]
             dgates, dh0[k], dc0[k], dw_hh, dw_hr = recurrence_backward(
-                dy_layer[:, :, d * P:(d + 1) * P], dh_n[k], dc_n[k], gates, cs,
-                state["h0"][k], state["c0"][k], hs, w_hh, w_hr, lengths, reverse=(d == 1))
-            s = f"_l{layer}{params.suffix(d)}"
-            dparams["weight_ih" + s] = np.einsum("tbg,tbi->gi", dgates, saved["x"])
-            dparams["weight_hh" + s] = dw_hh
-            if b_ih is not None:
-                dparams["bias_ih" + s] = dgates.sum(axis=(0, 1))
-                dparams["bias_hh" + s] = dgates.sum(axis=(0, 1))
-            if w_hr is not None:
-                dparams["weight_hr" + s] = dw_hr
+                dy_layer[:, :, d * P:(d + 1) * P], dh_n[k], dc_n[k], saved.gates[d],
+                saved.cells[d], state.h0[k], state.c0[k], hs, w_hh, w_hr, lengths,
+                reverse=(d == 1))
+            dw_ih = np.einsum("tbg,tbi->gi", dgates, saved.x)
+            db = dgates.sum(axis=(0, 1)) if b_ih is not None else None
+            dirs.append((dw_ih, dw_hh, db, dw_hr))
             dx_layer += dgates @ w_ih
-        if layer > 0 and masks is not None:
+        per_layer[layer] = dirs
+        if layer > 0 and masks:
             dx_layer = dx_layer * masks[layer - 1]
         dy_layer = dx_layer
-    ordered = {name: dparams[name] for name in params.keys()}
-    return dy_layer, dh0, dc0, ordered
+    return dy_layer, dh0, dc0, params.named_grads(per_layer)

@@ -1,4 +1,5 @@
 """The public API: parameters, the LSTM module, layouts, dropout, determinism, every error path."""
+import contextlib
 import threading
 
 import numpy as np
@@ -373,7 +374,7 @@ def test_lstm_module_state_dict_round_trip():
 
 
 def test_workspace_is_per_thread_and_releasable():
-    from fastlstm.kernels.cpu import lstm as cpu_lstm
+    from fastlstm.backends import cpu as cpu_lstm
     p = make_problem(Config(T=4, B=2, I=3, H=4), np.float32, seed=0)
     a = fastlstm.forward(p.x, p.params, device="cpu")
     cpu_lstm.release_workspace()
@@ -402,13 +403,13 @@ def test_cache_owns_lengths():
                          ids=["reference", "cpu-serial", "cpu-parallel"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_values_in_padding_are_ignored(device, parallel, batch_first, layers, monkeypatch):
+def test_values_in_padding_are_ignored(device, parallel, batch_first, layers, request):
     """Steps past a sequence's length take no part (packed-sequence semantics): NaN and inf
     there give the same outputs and gradients as zeros, and the caller's x keeps them."""
-    from fastlstm.kernels.cpu import lstm as cpu_lstm
     if parallel:
-        monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOP", 0.0)
-        monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
+        stack = contextlib.ExitStack()
+        stack.enter_context(fastlstm.config.options("cpu", parallel_min_flop=0.0, threads=2))
+        request.addfinalizer(stack.close)
     p = make_problem(Config(T=6, B=8, I=5, H=7, L=layers, lengths=True), np.float64, seed=3)
     assert (p.lengths < 6).any()
     clean, dirty = p.x.copy(), p.x.copy()

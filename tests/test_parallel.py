@@ -1,17 +1,21 @@
 """The CPU backend's parallel path (kernels/cpu/parallel.py): directions and batch slices of a
 layer run as independent tasks on worker threads, with SciPy's OpenBLAS pinned to one thread.
 
-The path is forced on small shapes (the FLOP floor set to 0, the thread count patched) and
-checked against the NumPy reference, forward and backward, like the serial kernels."""
+The path is forced on small shapes (``fastlstm.config``: the FLOP floor set to 0, the thread
+count set) and checked against the NumPy reference, forward and backward, like the serial
+kernels."""
+import contextlib
+import contextvars
 import threading
 
 import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm.kernels.cpu import lstm as cpu_lstm
-from fastlstm.testing import assert_close
+from fastlstm import config
+from fastlstm.backends import cpu as cpu_backend
 from fastlstm.kernels.cpu import parallel
+from fastlstm.testing import assert_close
 
 from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
 
@@ -19,12 +23,16 @@ pytestmark = pytest.mark.skipif(not parallel.can_pin(), reason="SciPy's OpenBLAS
 
 
 @pytest.fixture
-def threads(monkeypatch):
+def cpu_options():
+    """``cpu_options(**knobs)`` sets CPU knobs for the rest of the test; restored after it."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **kw: stack.enter_context(config.options("cpu", **kw))
+
+
+@pytest.fixture
+def threads(cpu_options):
     """Force the parallel path with ``n`` threads for every call in the test."""
-    def use(n):
-        monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOP", 0.0)
-        monkeypatch.setattr(cpu_lstm, "num_threads", lambda: n)
-    return use
+    return lambda n: cpu_options(parallel_min_flop=0.0, threads=n)
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
@@ -36,15 +44,15 @@ def threads(monkeypatch):
     Config(T=5, B=8, I=3, H=6, L=3, bias=False),
     Config(T=3, B=13, I=6, H=7, bidirectional=True, proj=3, lengths=True),
 ], ids=str)
-def test_parallel_matches_reference(cfg, dtype, n, fuse, threads, monkeypatch):
+def test_parallel_matches_reference(cfg, dtype, n, fuse, threads, cpu_options):
     """``fused``: the tasks compute their input projection inside the recurrence, step by
     step, and in backward the input gradient too; ``unfused``: one GEMM per task for each."""
     threads(n)
-    monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", fuse)
+    cpu_options(fuse_input=fuse)
     D = 2 if cfg.bidirectional else 1
-    tasks = cpu_lstm.plan_tasks(D, cfg.B, 1.0)
+    tasks = cpu_backend.plan_tasks(D, cfg.B, 1.0)
     assert tasks is not None and len(tasks) >= 2  # really on the parallel path
-    assert all(cpu_lstm._fuse_dx(b1 - b0, 4 * cfg.H, cfg.I) for _, b0, b1 in tasks)
+    assert all(cpu_backend.fuse_dx(b1 - b0, 4 * cfg.H, cfg.I) for _, b0, b1 in tasks)
     p = make_problem(cfg, dtype, seed=21)
     before = snapshot(p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
     f_ref, b_ref = run(p, "reference")
@@ -55,7 +63,7 @@ def test_parallel_matches_reference(cfg, dtype, n, fuse, threads, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_parallel_dx_per_step_in_some_layers_only(dtype, threads, monkeypatch):
-    """With the per-step input projection on, ``_fuse_dx`` may still keep one dx GEMM for a
+    """With the per-step input projection on, ``fuse_dx`` may still keep one dx GEMM for a
     layer (thin row chunks: the largest sizes): here layer 0 keeps it, layer 1 goes per step,
     with dropout between them. Four threads: each direction in two batch slices."""
     threads(4)
@@ -67,7 +75,7 @@ def test_parallel_dx_per_step_in_some_layers_only(dtype, threads, monkeypatch):
         seen.append(fused)
         return fused
 
-    monkeypatch.setattr(cpu_lstm, "_fuse_dx", rule)
+    monkeypatch.setattr(cpu_backend, "fuse_dx", lambda Bw, G, I, cfg=None: rule(Bw, G, I))
     p = make_problem(cfg, dtype, seed=5)
     f_ref, b_ref = run(p, "reference", dropout=0.3, seed=2)
     f_cpu, b_cpu = run(p, "cpu", dropout=0.3, seed=2)
@@ -96,20 +104,46 @@ def test_parallel_is_deterministic(threads):
 
 
 def test_plan_tasks(monkeypatch):
-    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
+    plan = cpu_backend.plan_tasks
     big = 1e12
-    assert cpu_lstm.plan_tasks(1, 16, big) == [(0, 0, 8), (0, 8, 16)]
-    assert cpu_lstm.plan_tasks(2, 16, big) == [(0, 0, 16), (1, 0, 16)]  # directions first
-    assert cpu_lstm.plan_tasks(2, 1, big) == [(0, 0, 1), (1, 0, 1)]
-    assert cpu_lstm.plan_tasks(1, 7, big) is None  # fewer than 2 x PARALLEL_MIN_ROWS rows
-    assert cpu_lstm.plan_tasks(1, 64, cpu_lstm.PARALLEL_MIN_FLOP / 2) is None  # too small
-    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 4)
-    assert cpu_lstm.plan_tasks(2, 16, big) == [(0, 0, 8), (0, 8, 16), (1, 0, 8), (1, 8, 16)]
-    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 1)
-    assert cpu_lstm.plan_tasks(2, 64, big) is None
-    monkeypatch.setattr(cpu_lstm, "num_threads", lambda: 2)
-    monkeypatch.setattr(cpu_lstm, "can_pin", lambda: False)
-    assert cpu_lstm.plan_tasks(2, 64, big) is None
+    with config.options("cpu", threads=2) as cfg:
+        assert plan(1, 16, big) == [(0, 0, 8), (0, 8, 16)]
+        assert plan(2, 16, big) == [(0, 0, 16), (1, 0, 16)]  # directions first
+        assert plan(2, 1, big) == [(0, 0, 1), (1, 0, 1)]
+        assert plan(1, 7, big) is None  # fewer than 2 x parallel_min_rows rows
+        assert plan(1, 64, cfg.parallel_min_flop / 2) is None  # too small
+        with config.options("cpu", parallel_min_flop=0):
+            assert plan(1, 64, 1.0) is not None
+    with config.options("cpu", threads=4):
+        assert plan(2, 16, big) == [(0, 0, 8), (0, 8, 16), (1, 0, 8), (1, 8, 16)]
+    with config.options("cpu", threads=1):
+        assert plan(2, 64, big) is None
+    with config.options("cpu", threads=2):
+        monkeypatch.setattr(cpu_backend, "can_pin", lambda: False)  # no pinnable BLAS
+        assert plan(2, 64, big) is None
+
+
+def test_options_are_checked_and_restored():
+    before = config.current("cpu")
+    with pytest.raises(TypeError, match="unknown cpu option"):
+        with config.options("cpu", parallel_min_flops=0):
+            pass
+    with config.options("cpu", threads=3):
+        assert config.current("cpu").threads == 3
+        with config.options("cpu", fuse_input=False):
+            assert config.current("cpu").threads == 3 and not config.current("cpu").fuse_input
+        assert config.current("cpu").fuse_input
+    assert config.current("cpu") == before
+
+
+def test_forward_reports_the_path_each_layer_took(threads):
+    p = make_problem(Config(T=4, B=8, I=3, H=5, L=2), np.float32, seed=3)
+    serial = fastlstm.forward(p.x, p.params, device="cpu", training=True)
+    threads(2)
+    par = fastlstm.forward(p.x, p.params, device="cpu", training=True)
+    assert serial.paths == ("serial", "serial") == serial.cache.paths
+    assert par.paths == ("parallel", "parallel") == par.cache.paths
+    assert fastlstm.forward(p.x, p.params, device="reference").paths == ("reference",) * 2
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
@@ -124,8 +158,8 @@ def test_one_layer_cache_keeps_the_kernels_rows_and_owns_them(batch_first, threa
     x = p.x.transpose(1, 0, 2).copy() if batch_first else p.x.copy()
     tr = fastlstm.forward(x, p.params, p.h0, p.c0, lengths=p.lengths, training=True,
                           batch_first=batch_first, device="cpu")
-    layer = tr.cache.state["layers"][0]
-    assert layer["x"] is None and layer["y"] is None and len(layer["xh"]) == 2
+    layer = tr.cache.state.layers[0]
+    assert layer.x is None and layer.y is None and len(layer.xh) == 2
     g1 = fastlstm.backward(tr.cache, np.ones_like(tr.y), p.dh, p.dc)
     x[:] = 7.0
     tr.y[:] = 9.0
@@ -136,7 +170,7 @@ def test_one_layer_cache_keeps_the_kernels_rows_and_owns_them(batch_first, threa
         np.testing.assert_array_equal(g1.dparams[k], g2.dparams[k])
     # with the cores taken away before backward, the forward's tasks run one at a time
     threads(1)
-    monkeypatch.setattr(cpu_lstm, "run_tasks", None)  # calling the pool would fail
+    monkeypatch.setattr(cpu_backend, "run_tasks", None)  # calling the pool would fail
     g3 = fastlstm.backward(tr.cache, np.ones_like(tr.y), p.dh, p.dc)
     np.testing.assert_array_equal(g3.dx, g1.dx)
     for k in g1.dparams:
@@ -166,7 +200,7 @@ def test_partial_weight_gradients_summed_and_split(n_parts, dtype):
     G, I, P = 12, 5, 7
     parts = [rng.standard_normal((G, I + P)).astype(dtype) for _ in range(n_parts)]
     expect = np.sum(np.stack(parts).astype(np.float64), axis=0)
-    dw_ih, dw_hh = cpu_lstm._sum_split(parts, I)
+    dw_ih, dw_hh = cpu_backend._sum_split(parts, I)
     for got, want in ((dw_ih, expect[:, :I]), (dw_hh, expect[:, I:])):
         assert got.flags.c_contiguous and got.dtype == dtype
         tol = 1e-5 if dtype == np.float32 else 1e-13
@@ -211,6 +245,7 @@ def test_concurrent_parallel_calls(threads):
     get, _ = parallel._openblas()
     before = get()
     errors, outs = [], []
+    ctx = contextvars.copy_context()  # the options are per thread: hand them to the workers
 
     def worker():
         try:
@@ -219,7 +254,7 @@ def test_concurrent_parallel_calls(threads):
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    ts = [threading.Thread(target=worker) for _ in range(4)]
+    ts = [threading.Thread(target=ctx.copy().run, args=(worker,)) for _ in range(4)]
     for t in ts:
         t.start()
     for t in ts:
@@ -236,7 +271,7 @@ def test_numba_thread_count_selects_the_path():
     n = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        assert cpu_lstm.plan_tasks(2, 64, 1e12) is None
+        assert cpu_backend.plan_tasks(2, 64, 1e12) is None
         p = make_problem(Config(T=4, B=8, I=3, H=5, bidirectional=True), np.float32, seed=1)
         f_ref, b_ref = run(p, "reference")
         f_cpu, b_cpu = run(p, "cpu")
@@ -260,11 +295,9 @@ def test_forked_child_runs_parallel_path(threads):
 
 
 def _child_forward(x, params):
-    from fastlstm.kernels.cpu import lstm as child_lstm
-    child_lstm.PARALLEL_MIN_FLOP = 0.0
-    child_lstm.num_threads = lambda: 2
-    assert child_lstm.plan_tasks(1, x.shape[1], 1.0) is not None
-    return fastlstm.forward(x, params, device="cpu").y
+    with config.options("cpu", parallel_min_flop=0.0, threads=2):
+        assert cpu_backend.plan_tasks(1, x.shape[1], 1.0) is not None
+        return fastlstm.forward(x, params, device="cpu").y
 
 
 def test_run_tasks_while_the_pool_grows(monkeypatch):
@@ -305,10 +338,10 @@ def test_release_workspace_frees_every_threads_scratch(threads):
     threads(2)
     p = make_problem(Config(T=6, B=16, I=5, H=8), np.float32, seed=5)
     fastlstm.forward(p.x, p.params, device="cpu")  # two batch-slice tasks: two threads' scratch
-    held = [pool for pool in cpu_lstm._all_pools if pool.bufs]
+    held = [pool for pool in cpu_backend._all_pools if pool.bufs]
     assert len(held) >= 2  # the caller's and a worker's
-    cpu_lstm.release_workspace()
-    assert not any(pool.bufs for pool in cpu_lstm._all_pools)
+    fastlstm.release_workspace()
+    assert not any(pool.bufs for pool in cpu_backend._all_pools)
     again = fastlstm.forward(p.x, p.params, device="cpu").y  # buffers are made afresh
     np.testing.assert_allclose(again, fastlstm.forward(p.x, p.params, device="reference").y,
                                rtol=2e-5, atol=2e-6)

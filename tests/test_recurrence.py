@@ -98,9 +98,11 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
     w_hr_tb = np.ascontiguousarray(w_hr.T)[None] if proj else np.empty((0, 0, 0), dtype)
     bias = rng.standard_normal(4 * H).astype(dtype)
     e3 = np.empty((0, 0, 0), dtype)
-    cpu_rec.recurrence_forward(xg, d * 4 * H, 0, bias, np.ascontiguousarray(w_hh.T)[None],
-                               w_hr_tb, h0, c0, lengths, reverse, y, d * P, 0, h_n, c_n, gates, cs,
-                               True, B, 3, e3, e3, 1, e3)
+    cpu_rec.recurrence_forward(cpu_rec.StepInput(xg, d * 4 * H, e3, e3, 0),
+                               cpu_rec.ForwardWeights(bias, np.ascontiguousarray(w_hh.T)[None],
+                                                      w_hr_tb),
+                               h0, c0, lengths, reverse, cpu_rec.ForwardOut(y, d * P, 0, h_n, c_n),
+                               cpu_rec.Saved(gates, cs, e3), True, cpu_rec.Blocks(B, 3, 1))
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -125,9 +127,12 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
     dx = np.full((T, B, I), np.nan, dtype)
     db = np.full(4 * H, np.nan, dtype)
     inputs = snapshot(dy, dh_n, dc_n, gates, cs, w_ih_b)
-    cpu_rec.recurrence_backward(dy, d * P, 0, gates, cs, c0, dh_n, dc_n, w_hh[None],
-                                w_hr[None] if proj else np.empty((0, 0, 0), dtype), lengths,
-                                reverse, dgates, dhp, 0, dh0, dc0, 3, B, w_ih_b, 3, dx, db)
+    cpu_rec.recurrence_backward(dy, d * P, 0, cpu_rec.Saved(gates, cs, e3), c0, dh_n, dc_n,
+                                lengths, reverse,
+                                cpu_rec.BackwardWeights(w_hh[None], w_hr[None] if proj else e3,
+                                                        w_ih_b),
+                                cpu_rec.BackwardOut(dgates, dhp, 0, dh0, dc0, dx, db),
+                                cpu_rec.Blocks(3, B, 3))
     assert_unchanged(inputs, dy, dh_n, dc_n, gates, cs, w_ih_b)
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
         dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
@@ -166,21 +171,22 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
     Config(T=6, B=5, I=4, H=32, L=2, bidirectional=True, lengths=True),
     Config(T=5, B=3, I=4, H=48, proj=32, bidirectional=True, lengths=True),
 ], ids=str)
-def test_blocked_step_products_match_reference(cfg, dtype, monkeypatch):
+def test_blocked_step_products_match_reference(cfg, dtype):
     """Force the per-step products into 16-column blocks (the path large sizes take)."""
-    from fastlstm.kernels.cpu import lstm as cpu_lstm
+    from fastlstm.backends import cpu as cpu_backend
     # a threshold every 16-column block fits under, but no whole product does
-    monkeypatch.setattr(cpu_lstm, "SMALL_GEMM_MNK", cfg.B * 4 * cfg.H * 16)
-    assert cpu_lstm.block_width(cfg.B, cfg.P, 4 * cfg.H) < 4 * cfg.H  # split into >1 block
-    p = make_problem(cfg, dtype, seed=12)
-    f_ref, b_ref = run(p, "reference")
-    f_cpu, b_cpu = run(p, "cpu")
+    with fastlstm.config.options("cpu", small_gemm_mnk=cfg.B * 4 * cfg.H * 16):
+        assert cpu_backend.block_shape(cfg.B, cfg.P, 4 * cfg.H)[0] < 4 * cfg.H  # >1 block
+        p = make_problem(cfg, dtype, seed=12)
+        f_ref, b_ref = run(p, "reference")
+        f_cpu, b_cpu = run(p, "cpu")
     compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
-    assert any(v.shape[0] > 1 for v in p.params.__dict__["_cpu_blocks"].values())
+    blocks = [v for k, v in p.params._derived.items() if k[:2] == ("cpu", "blocks")]
+    assert any(v.shape[0] > 1 for v in blocks)
 
 
 def test_block_shape_rule():
-    from fastlstm.kernels.cpu.lstm import block_shape
+    from fastlstm.backends.cpu import block_shape
     assert block_shape(4, 128, 512) == (512, 4)          # already small: one call
     assert block_shape(16, 256, 1024) == (128, 16)       # 16*256*128 = 524288 <= 1e6
     assert block_shape(64, 256, 1024) == (32, 64)
@@ -196,24 +202,26 @@ def test_block_shape_rule():
 
 def test_fuse_dx_rule():
     """A task's dx runs per step unless its blocks would be thin row chunks."""
-    from fastlstm.kernels.cpu.lstm import _fuse_dx
-    assert _fuse_dx(8, 1024, 128)        # (100,16,128,256): 64-column blocks, all 8 rows
-    assert _fuse_dx(32, 2048, 512)       # 16 columns x 30 rows (>= CHUNK_MIN_ROWS)
-    assert not _fuse_dx(64, 4096, 1024)  # 32 columns x 7 rows: one GEMM after the recurrence
-    assert _fuse_dx(3, 4096, 1024)       # chunks hold all of a thin slice's rows
+    from fastlstm.backends.cpu import fuse_dx
+    assert fuse_dx(8, 1024, 128)        # (100,16,128,256): 64-column blocks, all 8 rows
+    assert fuse_dx(32, 2048, 512)       # 16 columns x 30 rows (>= chunk_min_rows)
+    assert not fuse_dx(64, 4096, 1024)  # 32 columns x 7 rows: one GEMM after the recurrence
+    assert fuse_dx(3, 4096, 1024)       # chunks hold all of a thin slice's rows
+    with fastlstm.config.options("cpu", fuse_dx=True):
+        assert fuse_dx(64, 4096, 1024)  # forced
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_row_chunked_step_products_match_reference(dtype, monkeypatch):
+def test_row_chunked_step_products_match_reference(dtype):
     """Force row chunks as well as column blocks in every per-step product."""
-    from fastlstm.kernels.cpu import lstm as cpu_lstm
+    from fastlstm.backends import cpu as cpu_backend
     cfg = Config(T=5, B=7, I=4, H=32, proj=16, bidirectional=True, lengths=True)
-    monkeypatch.setattr(cpu_lstm, "SMALL_GEMM_MNK", 2 * 32 * 16)  # 16 columns x 2 rows (K=32)
-    assert cpu_lstm.block_shape(7, 16, 128) == (32, 2)   # forward W_hh: columns and rows
-    assert cpu_lstm.block_shape(7, 128, 16) == (16, 1)   # backward W_hh: rows only
-    p = make_problem(cfg, dtype, seed=13)
-    f_ref, b_ref = run(p, "reference")
-    f_cpu, b_cpu = run(p, "cpu")
+    with fastlstm.config.options("cpu", small_gemm_mnk=2 * 32 * 16):  # 16 cols x 2 rows (K=32)
+        assert cpu_backend.block_shape(7, 16, 128) == (32, 2)   # forward W_hh: cols and rows
+        assert cpu_backend.block_shape(7, 128, 16) == (16, 1)   # backward W_hh: rows only
+        p = make_problem(cfg, dtype, seed=13)
+        f_ref, b_ref = run(p, "reference")
+        f_cpu, b_cpu = run(p, "cpu")
     compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
 
 
@@ -241,9 +249,11 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
         h_n, c_n = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
         for b0, b1 in spans:
             xs = np.ascontiguousarray(xg[:, b0:b1])  # a slice's own projection, rows from 0
-            cpu_rec.recurrence_forward(xs, 0, 0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
-                                       lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1],
-                                       c_n[b0:b1], gates, cs, True, B, B, e3, e3, 1, e3)
+            cpu_rec.recurrence_forward(cpu_rec.StepInput(xs, 0, e3, e3, 0),
+                                       cpu_rec.ForwardWeights(bias, w_hh_t, e3), h0[b0:b1],
+                                       c0[b0:b1], lengths[b0:b1], reverse,
+                                       cpu_rec.ForwardOut(y, 0, b0, h_n[b0:b1], c_n[b0:b1]),
+                                       cpu_rec.Saved(gates, cs, e3), True, cpu_rec.Blocks(B, B, 1))
         return y, gates, cs, h_n, c_n
 
     def backward(spans, gates, cs, dy, w_ih_b=e3):
@@ -256,10 +266,12 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
             # a slice writes its gate gradients into its own array, rows from 0 (g0 = 0)
             own = np.full((T, b1 - b0, G), np.nan, dtype)
             db_part = np.full(G, np.nan, dtype)
-            cpu_rec.recurrence_backward(dy, 0, b0, gates, cs, c0[b0:b1], dy[0, b0:b1],
-                                        dy[1, b0:b1], w_hh[None], e3, lengths[b0:b1], reverse,
-                                        own, e3, 0, dh0[b0:b1], dc0[b0:b1], B, B, w_ih_b, 2, dx,
-                                        db_part)
+            cpu_rec.recurrence_backward(dy, 0, b0, cpu_rec.Saved(gates, cs, e3), c0[b0:b1],
+                                        dy[0, b0:b1], dy[1, b0:b1], lengths[b0:b1], reverse,
+                                        cpu_rec.BackwardWeights(w_hh[None], e3, w_ih_b),
+                                        cpu_rec.BackwardOut(own, e3, 0, dh0[b0:b1], dc0[b0:b1],
+                                                            dx, db_part),
+                                        cpu_rec.Blocks(B, B, 2))
             dg[:, b0:b1] = own
             db += db_part
         return (dg, dh0, dc0, db) + ((dx,) if w_ih_b.size else ())
@@ -289,9 +301,11 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
     for b0, b1 in [(0, 1), (1, B)]:
         # each range also writes its own [x | h_prev] rows, rows from 0
         xh = np.full((T, b1 - b0, I + H), np.nan, dtype)
-        cpu_rec.recurrence_forward(e3, 0, b0, bias, w_hh_t, e3, h0[b0:b1], c0[b0:b1],
-                                   lengths[b0:b1], reverse, y, 0, b0, h_n[b0:b1], c_n[b0:b1],
-                                   gates, cs, True, B, B, x_pad, w_ih_tb, 2, xh)
+        cpu_rec.recurrence_forward(cpu_rec.StepInput(e3, 0, x_pad, w_ih_tb, b0),
+                                   cpu_rec.ForwardWeights(bias, w_hh_t, e3), h0[b0:b1], c0[b0:b1],
+                                   lengths[b0:b1], reverse,
+                                   cpu_rec.ForwardOut(y, 0, b0, h_n[b0:b1], c_n[b0:b1]),
+                                   cpu_rec.Saved(gates, cs, xh), True, cpu_rec.Blocks(B, B, 2))
         xhs.append(xh)
     assert_unchanged(inputs, x_pad, w_ih_tb, h0, c0, lengths)
     for a, b in zip((y, gates, cs, h_n, c_n), ref):

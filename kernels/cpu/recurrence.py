@@ -25,12 +25,51 @@ Training mode saves, per step and sequence, the activated gates (4H) and the cel
 everything backward needs besides the layer's input and output (which the caller keeps), or
 besides the ``[x_t | h_prev]`` rows, which the forward writes itself when asked (``xh_out``).
 """
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
 from .activations import half_like, one_like, tanh_row
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+
+# The kernels' grouped arguments. An optional part that is off is an empty (0, 0, 0) array:
+# the kernels are compiled once per dtype for every combination.
+
+#: Rows per chunk of the three per-step products ``h @ W_hh^T``, ``(o*tanh c) @ W_hr^T`` and
+#: ``x_t @ W_ih^T`` (forward; in backward the same products transposed); >= B: unchunked.
+Blocks = namedtuple("Blocks", ["hh", "hr", "ih"])
+
+#: A forward task's input projection. Either ``xg`` (T, B', D*4H), precomputed for all steps
+#: (this direction's gates are columns ``[xg_off, xg_off + 4H)``), or, when ``x`` has steps,
+#: per step: ``x`` (T, B', I) is the layer input and ``w_ih_tb`` (n, I, 4H/n) the column
+#: blocks of W_ih^T. ``row0``: the first row of the task's sequences in ``xg`` / ``x``.
+StepInput = namedtuple("StepInput", ["xg", "xg_off", "x", "w_ih_tb", "row0"])
+
+#: ``bias`` (4H,) = b_ih + b_hh (zeros without biases); ``w_hh_tb`` (n, H_out, 4H/n) and
+#: ``w_hr_tb`` (m, H, P/m): column blocks of W_hh^T and W_hr^T ((0, 0, 0) without projection).
+ForwardWeights = namedtuple("ForwardWeights", ["bias", "w_hh_tb", "w_hr_tb"])
+
+#: ``y`` (T, B, D*H_out): the layer output, this direction's columns from ``y_off``, the
+#: task's rows from ``b0``; ``h_n`` (B', H_out), ``c_n`` (B', H): the task's final states.
+ForwardOut = namedtuple("ForwardOut", ["y", "y_off", "b0", "h_n", "c_n"])
+
+#: What training saves: ``gates`` (T, B, 4H) activated gates and ``cells`` (T, B, H) cell
+#: states (rows from the task's ``b0``; (0, 0, 0) in inference), and ``xh`` (T, B', I + H_out),
+#: the task's ``[x_t | h_prev]`` rows (rows from 0; (0, 0, 0): not written).
+Saved = namedtuple("Saved", ["gates", "cells", "xh"])
+
+#: Backward: column blocks of the untransposed ``w_hh_b`` (n, 4H, H_out/n), ``w_hr_b``
+#: (m, P, H/m) ((0, 0, 0) without projection) and ``w_ih_b`` (k, 4H, I/k) ((0, 0, 0): the
+#: caller computes dx).
+BackwardWeights = namedtuple("BackwardWeights", ["w_hh_b", "w_hr_b", "w_ih_b"])
+
+#: Backward results: ``dgates`` (T, ., 4H) pre-activation gate gradients (rows from ``g0``),
+#: ``dhp`` (T, ., P) projected-output gradients (rows from ``g0``; (0, 0, 0) without
+#: projection), ``dh0``, ``dc0`` (B', .), ``dx`` (T, B, I) (rows from the task's ``b0``; only
+#: with ``w_ih_b``), ``db`` (4H,) (shape (0,): not computed).
+BackwardOut = namedtuple("BackwardOut", ["dgates", "dhp", "g0", "dh0", "dc0", "dx", "db"])
 
 @njit(**_OPTS)
 def _bdot(a, wb, zp, out, mb):
@@ -123,20 +162,14 @@ def _active_rows(sorted_len, n_act, t):
 
 
 @njit(**_OPTS)
-def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, reverse,
-                       y, y_off, b0, h_n, c_n, gates_out, c_out, training, mb_hh, mb_hr,
-                       x_in, w_ih_tb, mb_ih, xh_out):
-    """``bias`` (4H,) is this direction's ``b_ih + b_hh`` (zeros without biases); ``mb_hh``,
-    ``mb_hr``, ``mb_ih``: rows per chunk of the per-step products (>= B: unchunked).
+def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, blocks):
+    """Forward through one direction of one layer for B = ``h0.shape[0]`` sequences.
 
-    Input projection per step: with ``x_in`` (T, B', I) the layer input instead of an empty
-    (0, 0, 0) array, ``xg`` is not read; each step multiplies the running sequences' rows of
-    ``x_in`` (from ``xb0``) by ``W_ih^T``, given in column blocks ``w_ih_tb`` (n, I, 4H/n),
-    like ``W_hh^T``.
-
-    Runs the B = ``h0.shape[0]`` sequences whose rows start at ``xb0`` in ``xg`` and at ``b0``
-    in ``y``, ``gates_out`` and ``c_out``; ``h0``, ``c0``, ``lengths``, ``h_n``, ``c_n`` hold
-    just those B rows. Disjoint row ranges can run concurrently (``lstm.py``'s tasks).
+    ``inp`` (:data:`StepInput`): the input projection, precomputed or per step (each step
+    multiplies the running sequences' rows of ``inp.x`` by ``W_ih^T``, like ``W_hh^T``).
+    ``w`` (:data:`ForwardWeights`), ``out`` (:data:`ForwardOut`), ``saved`` (:data:`Saved`),
+    ``blocks`` (:data:`Blocks`). ``h0``, ``c0`` (B, .), ``lengths`` (B,) hold just the task's
+    rows. Disjoint row ranges can run concurrently (the CPU backend's tasks).
 
     The state is kept with its rows sorted by decreasing length, so the per-step products run
     over the sequences still running only (a prefix): finished sequences cost nothing.
@@ -146,11 +179,16 @@ def recurrence_forward(xg, xg_off, xb0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths,
     the weight-gradient GEMM (``stack_x_hprev``'s layout), written while the rows are in cache.
     On padded steps the x part is 0 and the h part the state held then (the final state
     going forward, h0 in reverse): finite, and their gate gradients are 0."""
+    xg, xg_off, x_in, w_ih_tb, xb0 = inp
+    bias, w_hh_tb, w_hr_tb = w
+    y, y_off, b0, h_n, c_n = out
+    gates_out, c_out, xh_out = saved
+    mb_hh, mb_hr, mb_ih = blocks
     T, B = y.shape[0], h0.shape[0]
     H = c0.shape[1]
     P = h0.shape[1]
     G = 4 * H
-    I = x_in.shape[2]  # 0 unless the input projection runs per step
+    I = x_in.shape[2] if x_in.shape[0] > 0 else 0  # 0 unless the projection runs per step
     has_proj = w_hr_tb.shape[0] > 0
     order, sorted_len, identity = _by_length(lengths)
     zp = np.empty((w_hh_tb.shape[0], B, w_hh_tb.shape[2]), dtype=y.dtype)
@@ -248,30 +286,26 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 
 
 @njit(**_OPTS)
-def recurrence_backward(dy, dy_off, b0, gates, cs, c0, dh_n, dc_n, w_hh_b, w_hr_b, lengths,
-                        reverse, dgates, dhp_out, g0, dh0, dc0, mb_hh, mb_hr, w_ih_b, mb_ih,
-                        dx, db):
-    """Backward through one direction of one layer.
+def recurrence_backward(dy, dy_off, b0, saved, c0, dh_n, dc_n, lengths, reverse, w, out, blocks):
+    """Backward through one direction of one layer for B = ``c0.shape[0]`` sequences.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
-    at ``dy_off``); ``w_hh_b`` (n, 4H, H_out/n) and ``w_hr_b`` (m, P, H/m) are the column
-    blocks of the untransposed W_hh and W_hr (``(0, 0, 0)`` without projection). Writes
-    ``dgates`` (T, B, 4H), the gradient of the pre-activation gates (0 on padded steps),
-    ``dhp_out`` (T, B, P), the gradient of each step's projected output (only with a
-    projection; else shape (0, 0, 0)), and ``dh0``, ``dc0``. Runs the B = ``c0.shape[0]``
-    sequences whose rows start at ``b0`` in ``dy``, ``gates`` and ``cs``, and at ``g0`` in
-    ``dgates`` and ``dhp_out`` (a task may keep its own, contiguous gate gradients); the other
-    per-sequence arrays hold just those rows. The weight gradients are whole-sequence GEMMs
-    done by the caller.
+    at ``dy_off``, the task's rows at ``b0``, as in ``saved`` (:data:`Saved`: the forward's
+    gates and cells)). ``c0``, ``dh_n``, ``dc_n`` (B, .) and ``lengths`` hold just the task's
+    rows. ``w`` (:data:`BackwardWeights`), ``out`` (:data:`BackwardOut`), ``blocks``
+    (:data:`Blocks`).
 
-    Input gradient per step: with ``w_ih_b`` (n, 4H, I/n), the column blocks of W_ih, instead of
-    an empty (0, 0, 0) array, each step also writes ``dx[t]`` (rows from ``b0``, like ``dy``) =
-    that step's gate gradients @ W_ih (0 for finished sequences), while they are still in cache;
-    else ``dx`` (shape (0, 0, 0)) is not touched and the caller computes it.
-
-    ``db`` (4H,) receives the bias gradient, the sum of the gate gradients over steps and
-    sequences, accumulated while each step's rows are in cache (shape (0,): not computed).
+    Writes the gate gradients (0 on padded steps; a task may keep its own, contiguous array:
+    rows from ``out.g0``), the projected-output gradients (with a projection), ``dh0``,
+    ``dc0``; with ``w.w_ih_b``, each step's ``dx[t]`` = that step's gate gradients @ W_ih
+    (0 for finished sequences) while they are still in cache; with ``out.db`` of 4H
+    entries, the bias gradient (the sum of the gate gradients) likewise. The weight
+    gradients are whole-sequence GEMMs done by the caller.
     """
+    gates, cs, _ = saved
+    w_hh_b, w_hr_b, w_ih_b = w
+    dgates, dhp_out, g0, dh0, dc0, dx, db = out
+    mb_hh, mb_hr, mb_ih = blocks
     T, B = gates.shape[0], c0.shape[0]
     H = cs.shape[2]
     P = dh_n.shape[1]

@@ -9,24 +9,20 @@ Two implementations behind :func:`matmul`:
   thread (the same code with smaller constants; the simulator runs a Python thread per GPU thread).
 * ``"cupy"``: cuBLAS through CuPy (zero-copy views of the same device memory).
 
-Selection: ``GEMM_BACKEND`` (module attribute; initial value from the environment variable
-``FASTLSTM_CUDA_GEMM``): ``"auto"`` (CuPy when importable and not simulating, else numba),
-``"numba"`` or ``"cupy"``.
+Selection: :func:`matmul`'s ``backend`` argument: ``"auto"`` (CuPy when importable and not
+simulating, else numba), ``"numba"`` or ``"cupy"`` (``fastlstm.config.CUDAConfig.gemm``).
 
 Shapes: ``C`` (M, N); ``A`` (M, K), or (K, M) with ``trans_a``; ``B`` (K, N), or (N, K) with
 ``trans_b``; ``bias`` (N,). Any strides (column slices of a wider matrix are fine).
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
 from numba import cuda, float32
 
 from .recurrence import _simulating
-
-GEMM_BACKEND = os.environ.get("FASTLSTM_CUDA_GEMM", "auto")
 
 _ZERO = np.float32(0.0)
 _MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y (and z); gridDim.x goes to 2**31 - 1
@@ -152,11 +148,10 @@ def _cupy():
     return cupy
 
 
-def backend() -> str:
-    """The GEMM implementation :func:`matmul` uses now: ``"numba"`` or ``"cupy"``."""
-    choice = GEMM_BACKEND
+def resolve(choice: str = "auto") -> str:
+    """The GEMM implementation ``choice`` gives here: ``"numba"`` or ``"cupy"``."""
     if choice not in ("auto", "numba", "cupy"):
-        raise ValueError(f"GEMM_BACKEND must be 'auto', 'numba' or 'cupy', got {choice!r}")
+        raise ValueError(f"GEMM backend must be 'auto', 'numba' or 'cupy', got {choice!r}")
     if choice == "numba":
         return "numba"
     if _simulating():
@@ -165,13 +160,14 @@ def backend() -> str:
         return "numba"
     if _cupy() is None:
         if choice == "cupy":
-            raise RuntimeError("GEMM_BACKEND='cupy' but CuPy is not importable (pip install cupy-cuda12x)")
+            raise RuntimeError("GEMM backend 'cupy' chosen but CuPy is not importable (pip install cupy-cuda12x)")
         return "numba"
     return "cupy"
 
 
-def matmul(A, B, C, *, trans_a=False, trans_b=False, bias=None, accumulate=False):
-    """``C (+)= op(A) @ op(B) (+ bias)`` on device arrays (see the module docstring for shapes)."""
+def matmul(A, B, C, *, trans_a=False, trans_b=False, bias=None, accumulate=False, backend="auto"):
+    """``C (+)= op(A) @ op(B) (+ bias)`` on device arrays (see the module docstring for shapes);
+    ``backend``: see :func:`resolve`."""
     M, N = C.shape
     K = A.shape[0] if trans_a else A.shape[1]
     if ((A.shape[1] if trans_a else A.shape[0]) != M or (B.shape[0] if trans_b else B.shape[1]) != N
@@ -180,7 +176,7 @@ def matmul(A, B, C, *, trans_a=False, trans_b=False, bias=None, accumulate=False
                          f"B {B.shape} (trans {trans_b}), C {C.shape}")
     if M == 0 or N == 0:
         return C
-    if backend() == "cupy":
+    if resolve(backend) == "cupy":
         cp = _cupy()
         # The numba kernels before and after this run on the legacy default stream; run cuBLAS
         # there too, whatever CuPy stream the caller made current (a non-blocking stream would

@@ -450,32 +450,28 @@ class PersistentPlan:
 
 #: Shared memory a persistent block may use without opting in to more (bytes).
 PERSISTENT_SMEM_LIMIT = 48 * 1024
-#: Why the last :func:`plan_persistent` found no plan (None when it found one).
-persistent_unavailable_reason = None
 
 
-def plan_persistent(args, D, B, H, P):
-    """A :class:`PersistentPlan` for ``persistent_forward`` with these kernel ``args`` (the
-    arrays and flags of ``recurrence_forward``), or None when the GPU cannot launch it
-    cooperatively or the W_hh slices do not fit on chip in one co-resident grid.
+def plan_persistent(args, D, B, H, P, smem_limit=PERSISTENT_SMEM_LIMIT):
+    """``(plan, reason)``: a :class:`PersistentPlan` for ``persistent_forward`` with these
+    kernel ``args`` (the arrays and flags of ``recurrence_forward``) and None, or None and why
+    not (the GPU cannot launch it cooperatively, or the W_hh slices do not fit in
+    ``smem_limit`` bytes per block of one co-resident grid).
 
     Real GPU: 128 threads per block; ``JB`` hidden units per slice (8, 4, 2 or 1; larger first)
     with ``KS = 32 // JB`` threads per gate row; ``NV`` slices per block (1, 2 or 4). Both
     directions in one launch when they fit together, else one launch per direction.
     Simulator: one block (the simulator's grid barrier only spans one block), ``JB = KS = 2``.
     """
-    global persistent_unavailable_reason
-    persistent_unavailable_reason = None
     if _simulating():
         JB, KS = 2, 2
         NV = D * ((H + JB - 1) // JB)
         smem = persistent_smem_bytes(JB, KS, NV, B, P)
-        return PersistentPlan(JB, KS, NV, [(0, D, persistent_forward, 1, 4 * JB * KS, smem)])
+        return PersistentPlan(JB, KS, NV, [(0, D, persistent_forward, 1, 4 * JB * KS, smem)]), None
     try:
         dev = cuda.get_current_device()
         if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
-            persistent_unavailable_reason = "the GPU does not support cooperative launch"
-            return None
+            return None, "the GPU does not support cooperative launch"
         (xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths, has_proj, training) = args
         spec = persistent_forward.specialize(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs,
                                              lengths, 0, D, 1, 1, 1, has_proj, training)
@@ -487,30 +483,29 @@ def plan_persistent(args, D, B, H, P):
                 NJ = (H + JB - 1) // JB
                 for NV in (1, 2, 4):
                     smem = persistent_smem_bytes(JB, KS, NV, B, P)
-                    if smem > PERSISTENT_SMEM_LIMIT:
+                    if smem > smem_limit:
                         continue
                     blocks = (split * NJ + NV - 1) // NV
                     if blocks <= kern.max_cooperative_grid_blocks(nt, smem):
                         launches = [(d0, split, spec, blocks, nt, smem) for d0 in range(0, D, split)]
-                        return PersistentPlan(JB, KS, NV, launches)
+                        return PersistentPlan(JB, KS, NV, launches), None
     except Exception as exc:  # pragma: no cover - e.g. no cudadevrt to link the grid barrier
-        persistent_unavailable_reason = f"{type(exc).__name__}: {exc}"
-        return None
-    persistent_unavailable_reason = (
+        return None, f"{type(exc).__name__}: {exc}"
+    return None, (
         f"W_hh ({D} x {4 * H} x {P} float32) does not fit in the shared memory of one co-resident "
-        f"cooperative grid ({PERSISTENT_SMEM_LIMIT} bytes per block)")
-    return None
+        f"cooperative grid ({smem_limit} bytes per block)")
 
 
 def recurrence_forward(xg, w_hh_t, w_hr_t, h0, c0, lengths, y, h_n, c_n, gates, cs, hh,
-                       training, path="multi"):
+                       training, path="multi", smem_limit=PERSISTENT_SMEM_LIMIT):
     """Run one layer (all directions) over all steps. Writes ``y``, ``h_n`` and ``c_n`` (D, B, .).
 
     ``h0``, ``c0`` (D, B, H_out), (D, B, H) are read only. ``hh`` (D, B, H) is scratch for the
     projection (any (1, 1, 1) array without one). ``gates``, ``cs`` are written only when
     ``training`` (else (1, 1, 1) placeholders). ``path``: ``"multi"`` (launches per step),
     ``"persistent"`` (one cooperative launch; RuntimeError when it cannot run here) or
-    ``"auto"`` (persistent when it fits, else multi). Returns the path that ran.
+    ``"auto"`` (persistent when it fits in ``smem_limit`` bytes of shared memory per block,
+    else multi). Returns the path that ran.
     """
     T, B = xg.shape[0], xg.shape[1]
     D, H, P = c0.shape[0], c0.shape[2], h0.shape[2]
@@ -519,11 +514,10 @@ def recurrence_forward(xg, w_hh_t, w_hr_t, h0, c0, lengths, y, h_n, c_n, gates, 
     c_n.copy_to_device(c0)
     if path in ("persistent", "auto"):
         hbuf = cuda.device_array((2, D, B, P), np.float32)
-        plan = plan_persistent((xg, w_hh_t, w_hr_t, hbuf, c_n, hh, y, gates, cs, lengths,
-                                has_proj, training), D, B, H, P)
+        plan, why = plan_persistent((xg, w_hh_t, w_hr_t, hbuf, c_n, hh, y, gates, cs, lengths,
+                                     has_proj, training), D, B, H, P, smem_limit)
         if plan is None and path == "persistent":
-            raise RuntimeError("the persistent recurrence kernel cannot run here: "
-                               f"{persistent_unavailable_reason}")
+            raise RuntimeError(f"the persistent recurrence kernel cannot run here: {why}")
         if plan is not None:
             hbuf[0].copy_to_device(h0)
             for d_first, nd, kern, grid, nt, smem in plan.launches:

@@ -108,9 +108,11 @@ def simulating() -> bool:
 
 
 @pytest.fixture
-def cuda_lstm():
-    """The CUDA orchestrator module, with its path switches restored after the test."""
-    from fastlstm.kernels.cuda import gemm, lstm
-    saved = (lstm.RECURRENCE, gemm.GEMM_BACKEND)
-    yield lstm
-    lstm.RECURRENCE, gemm.GEMM_BACKEND = saved
+def cuda_options():
+    """``cuda_options(recurrence=..., gemm=...)`` sets CUDA knobs (``fastlstm.config``) for the
+    rest of the test; restored after it."""
+    from contextlib import ExitStack
+
+    from fastlstm import config
+    with ExitStack() as stack:
+        yield lambda **kw: stack.enter_context(config.options("cuda", **kw))

@@ -38,19 +38,19 @@ def _inputs(seed, T, B, I, H, L=1, D=1, P=0, lengths=True):
     (64, 1, 128, 256, 1, 1, 0), (64, 8, 256, 512, 2, 2, 0), (32, 64, 128, 256, 1, 2, 128),
     (16, 4, 256, 1024, 1, 1, 0),
 ])
-def test_parity_real_sizes(T, B, I, H, L, D, P, path, cuda_lstm):
-    cuda_lstm.RECURRENCE = path
+def test_parity_real_sizes(T, B, I, H, L, D, P, path, cuda_options):
+    cuda_options(recurrence=path)
     params, x, h0, c0, lens = _inputs(1, T, B, I, H, L, D, P)
     rng = np.random.default_rng(2)
     res = fastlstm.forward(x, params, h0, c0, lengths=lens, training=True, device="cuda")
-    assert cuda_lstm.last_paths == [path] * L
+    assert res.paths == (path,) * L
     dy = rng.standard_normal(res.y.shape).astype(F32)
     dh = rng.standard_normal(res.h.shape).astype(F32)
     dc = rng.standard_normal(res.c.shape).astype(F32)
     g = fastlstm.backward(res.cache, dy, dh, dc)
     f = lambda a: a.astype(np.float64)  # noqa: E731
     lens_r = np.full(B, T, np.int64) if lens is None else lens
-    y, h, c, st = reference.lstm_forward(f(x), params.astype(np.float64), f(h0), f(c0), lens_r,
+    y, h, c, st, _ = reference.lstm_forward(f(x), params.astype(np.float64), f(h0), f(c0), lens_r,
                                          None, True)
     dx, dh0, dc0, dp = reference.lstm_backward(st, f(dy), f(dh), f(dc))
     for name, a, b, kind in (("y", res.y, y, "forward"), ("h", res.h, h, "forward"),
@@ -63,25 +63,25 @@ def test_parity_real_sizes(T, B, I, H, L, D, P, path, cuda_lstm):
 
 @pytest.mark.parametrize("B", [1, 8, 16])
 @pytest.mark.parametrize("H, D, P", [(256, 1, 0), (512, 2, 0), (1024, 1, 0), (1024, 2, 0), (512, 1, 128)])
-def test_persistent_matches_multi_launch(B, H, D, P, cuda_lstm):
+def test_persistent_matches_multi_launch(B, H, D, P, cuda_options):
     """Inference at benchmark sizes: ``auto`` must pick the persistent kernel (where it fits) and
     agree with the multi-launch path."""
     from fastlstm.kernels.cuda import recurrence
     params, x, h0, c0, lens = _inputs(3, 128, B, H, H, 1, D, P)
-    cuda_lstm.RECURRENCE = "multi"
+    cuda_options(recurrence="multi")
     ref = fastlstm.forward(x, params, h0, c0, lengths=lens, device="cuda")
-    cuda_lstm.RECURRENCE = "auto"
+    cuda_options(recurrence="auto")
     got = fastlstm.forward(x, params, h0, c0, lengths=lens, device="cuda")
     if (H, D) in ((256, 1), (512, 1)):
-        assert cuda_lstm.last_paths == ["persistent"], "small-batch inference should run persistent"
-    if cuda_lstm.last_paths != ["persistent"]:
+        assert got.paths == ("persistent",), "small-batch inference should run persistent"
+    if got.paths != ("persistent",):
         pytest.skip(f"the persistent kernel does not fit here (H={H}, D={D}); "
                     f"shared-memory limit {recurrence.PERSISTENT_SMEM_LIMIT} B per block")
     for a, b, name in ((got.y, ref.y, "y"), (got.h, ref.h, "h"), (got.c, ref.c, "c")):
         assert_close(a, b, F32, "forward", f"persistent vs multi {name}")
 
 
-def test_numba_gemm_matches_cupy(cuda_lstm):
+def test_numba_gemm_matches_cupy():
     cp = pytest.importorskip("cupy")
     from numba import cuda
 
@@ -92,9 +92,8 @@ def test_numba_gemm_matches_cupy(cuda_lstm):
     want = a.astype(np.float64) @ b.astype(np.float64)
     out = {}
     for be in ("numba", "cupy"):
-        gemm.GEMM_BACKEND = be
         c = cuda.device_array((300, 200), F32)
-        gemm.matmul(cuda.to_device(a), cuda.to_device(b), c)
+        gemm.matmul(cuda.to_device(a), cuda.to_device(b), c, backend=be)
         out[be] = c.copy_to_host()
         assert_close(out[be], want, F32, "forward", be)
     assert cp is not None

@@ -125,11 +125,10 @@ def test_recurrence_backward(T, B, H, P, D, lengths):
     (False, False, False, True, 9, 10, 7), (True, True, True, True, 9, 10, 7),
     (False, True, True, False, 37, 3, 5),  # tall and thin, like x W_ih^T: many row tiles
 ])
-def test_gemm_numba(trans_a, trans_b, bias, accumulate, M, N, K, cuda_lstm):
+def test_gemm_numba(trans_a, trans_b, bias, accumulate, M, N, K):
     from numba import cuda
 
     from fastlstm.kernels.cuda import gemm
-    gemm.GEMM_BACKEND = "numba"
     rng = np.random.default_rng(3)
     # M, N, K not multiples of the tile sizes
     a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(F32)
@@ -140,7 +139,7 @@ def test_gemm_numba(trans_a, trans_b, bias, accumulate, M, N, K, cuda_lstm):
     da, dwide, dc = cuda.to_device(a), cuda.to_device(wide), cuda.to_device(c0)
     db = dwide[:K, 2:N + 2] if not trans_b else dwide[:N, 2:K + 2]
     gemm.matmul(da, db, dc, trans_a=trans_a, trans_b=trans_b,
-                bias=cuda.to_device(bv) if bias else None, accumulate=accumulate)
+                bias=cuda.to_device(bv) if bias else None, accumulate=accumulate, backend="numba")
     A = (a.T if trans_a else a).astype(np.float64)
     Bm = (b.T if trans_b else b).astype(np.float64)
     want = A @ Bm + (bv if bias else 0.0) + (c0 if accumulate else 0.0)
@@ -167,33 +166,32 @@ def test_column_sums():
     assert_close(got, a.astype(np.float64).sum(axis=0), F32, "forward", "column sums")
 
 
-def test_gemm_backend_switch(simulating, cuda_lstm):
+def test_gemm_backend_switch(simulating):
+    from fastlstm import config
     from fastlstm.kernels.cuda import gemm
-    gemm.GEMM_BACKEND = "numba"
-    assert gemm.backend() == "numba"
-    gemm.GEMM_BACKEND = "blas"
-    with pytest.raises(ValueError, match="GEMM_BACKEND"):
-        gemm.backend()
+    assert gemm.resolve("numba") == "numba"
+    with pytest.raises(ValueError, match="GEMM backend"):
+        gemm.resolve("blas")
+    with pytest.raises(ValueError, match="gemm must be"):
+        with config.options("cuda", gemm="blas"):
+            pass
     if simulating:
-        gemm.GEMM_BACKEND = "auto"
-        assert gemm.backend() == "numba"
-        gemm.GEMM_BACKEND = "cupy"
+        assert gemm.resolve("auto") == "numba"
         with pytest.raises(RuntimeError, match="real GPU"):
-            gemm.backend()
+            gemm.resolve("cupy")
 
 
-def test_gemm_grid_y_limit_is_checked(cuda_lstm):
+def test_gemm_grid_y_limit_is_checked():
     """Row tiles go on grid x (T*B rows can be millions); column tiles on y, whose CUDA limit
     (65535 blocks) matmul must check instead of failing the launch."""
     from numba import cuda
 
     from fastlstm.kernels.cuda import gemm
-    gemm.GEMM_BACKEND = "numba"
-    _, _, (bm, bn) = gemm._gemm_kernel(True)
+    _, _, (bm, bn) = gemm._gemm_kernel(gemm._simulating())  # this target's tile width
     N = gemm._MAX_GRID_Y * bn + 1
     with pytest.raises(ValueError, match="columns"):
         gemm.matmul(cuda.device_array((1, 1), F32), cuda.device_array((1, N), F32),
-                    cuda.device_array((1, N), F32))
+                    cuda.device_array((1, N), F32), backend="numba")
 
 
 @pytest.mark.parametrize("nx, ny", [(1, 1), (5, 3), (33, 7), (100, 1), (1024, 10**6),

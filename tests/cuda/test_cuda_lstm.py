@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm import LSTMParams, api, reference
+from fastlstm import LSTMParams, layout, reference
 from fastlstm.testing import assert_close
 
 F32 = np.float32
@@ -36,7 +36,7 @@ def _reference(params, x, h0, c0, lens, dy, dh, dc, masks=None):
     h0 = np.zeros((L * D, B, Po)) if h0 is None else f(h0)
     c0 = np.zeros((L * D, B, H)) if c0 is None else f(c0)
     lens = np.full(B, T, np.int64) if lens is None else lens
-    y, h, c, st = reference.lstm_forward(f(x), p64, h0, c0, lens, masks, True)
+    y, h, c, st, _ = reference.lstm_forward(f(x), p64, h0, c0, lens, masks, True)
     dx, dh0, dc0, dp = reference.lstm_backward(st, f(dy), f(dh), f(dc))
     return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **{"d_" + k: v for k, v in dp.items()})
 
@@ -64,15 +64,15 @@ RUNS = [(name, "multi") for name in CONFIGS] + [
 
 
 @pytest.mark.parametrize("name, path", RUNS, ids=[f"{n}-{p}" for n, p in RUNS])
-def test_host_inputs_match_reference(name, path, cuda_lstm):
+def test_host_inputs_match_reference(name, path, cuda_options):
     seed, T, B, I, H, L, D, P, bias, lengths = CONFIGS[name]
-    cuda_lstm.RECURRENCE = path
+    cuda_options(recurrence=path)
     params, x, h0, c0, lens, dy, dh, dc = _problem(seed, T, B, I, H, L, D, P, bias, lengths,
                                                    state=name != "proj-zerostate")
     ins = [a for a in (x, h0, c0, lens, dy, dh, dc) if a is not None]
     before = [a.copy() for a in ins]
     res = fastlstm.forward(x, params, h0, c0, lengths=lens, training=True, device="cuda")
-    assert cuda_lstm.last_paths == [path] * L
+    assert res.paths == (path,) * L
     assert isinstance(res.y, np.ndarray) and res.y.dtype == F32
     grads = fastlstm.backward(res.cache, dy, dh, dc)
     assert isinstance(grads.dx, np.ndarray)
@@ -87,15 +87,15 @@ def test_host_inputs_match_reference(name, path, cuda_lstm):
         np.testing.assert_array_equal(again.dx, grads.dx)
 
 
-def test_inference_matches_training_forward_and_picks_persistent(cuda_lstm, simulating):
+def test_inference_matches_training_forward_and_picks_persistent(cuda_options, simulating):
     params, x, h0, c0, lens, *_ = _problem(5, 3, 2, 4, 5, 1, 2, 0, True, [3, 2])
-    cuda_lstm.RECURRENCE = "auto"
+    cuda_options(recurrence="auto")
     inf = fastlstm.forward(x, params, h0, c0, lengths=lens, device="cuda")
     assert inf.cache is None
     if simulating:  # the simulator can always run the one-block persistent grid
-        assert cuda_lstm.last_paths == ["persistent"]
+        assert inf.paths == ("persistent",)
     tr = fastlstm.forward(x, params, h0, c0, lengths=lens, training=True, device="cuda")
-    assert cuda_lstm.last_paths == ["multi"]  # auto: training uses the multi-launch path
+    assert tr.paths == ("multi",)  # auto: training uses the multi-launch path
     ref = _reference(params, x, h0, c0, lens, *_)
     for r in (inf, tr):
         assert_close(r.y, ref["y"], F32, "forward", "y")
@@ -104,10 +104,10 @@ def test_inference_matches_training_forward_and_picks_persistent(cuda_lstm, simu
 
 
 @pytest.mark.parametrize("path", ["multi", "persistent"])
-def test_device_arrays_in_device_arrays_out(path, cuda_lstm):
+def test_device_arrays_in_device_arrays_out(path, cuda_options):
     """numba device arrays in (batch_first x, h0, c0, lengths) -> device arrays out, zero host copies of x."""
     from numba import cuda
-    cuda_lstm.RECURRENCE = path
+    cuda_options(recurrence=path)
     params, x, h0, c0, lens, dy, dh, dc = _problem(6, 3, 2, 4, 4, 1, 2, 0, True, [2, 3])
     x_bf = np.ascontiguousarray(x.transpose(1, 0, 2))
     dy_bf = np.ascontiguousarray(dy.transpose(1, 0, 2))
@@ -135,11 +135,11 @@ def test_device_arrays_in_device_arrays_out(path, cuda_lstm):
 
 
 @pytest.mark.parametrize("on_device", [False, True], ids=["host-x", "device-x"])
-def test_nan_in_padding_is_ignored(on_device, cuda_lstm):
+def test_nan_in_padding_is_ignored(on_device, cuda_options):
     """Values past each sequence's length (NaN here) take no part: results match the
     reference on the same x with zeros there, and the caller's x keeps its NaN."""
     from numba import cuda
-    cuda_lstm.RECURRENCE = "multi"
+    cuda_options(recurrence="multi")
     params, x, h0, c0, lens, dy, dh, dc = _problem(1, 4, 3, 5, 6, 1, 1, 0, True, [4, 2, 1])
     dirty = x.copy()
     for b, n in enumerate(lens):
@@ -152,15 +152,15 @@ def test_nan_in_padding_is_ignored(on_device, cuda_lstm):
     back = host(xin)
     assert np.isnan(back).sum() == np.isnan(dirty).sum() > 0  # the caller's x untouched
     ref = _reference(params, x, h0, c0, lens, dy, dh, dc)
-    res = api.ForwardResult(host(res.y), host(res.h), host(res.c), None)
-    grads = api.BackwardResult(host(grads.dx), host(grads.dh0), host(grads.dc0), grads.dparams)
+    res = layout.ForwardResult(host(res.y), host(res.h), host(res.c), None)
+    grads = layout.BackwardResult(host(grads.dx), host(grads.dh0), host(grads.dc0), grads.dparams)
     _check(res, grads, ref, "nan padding")
 
 
-def test_unbatched_device_input_float64_x(cuda_lstm):
+def test_unbatched_device_input_float64_x(cuda_options):
     """Unbatched (T, I) device x of another float dtype: converted on the device."""
     from numba import cuda
-    cuda_lstm.RECURRENCE = "multi"
+    cuda_options(recurrence="multi")
     params, x, h0, c0, _, dy, dh, dc = _problem(7, 3, 1, 3, 4, 1, 1, 0, True, None)
     x64 = x[:, 0, :].astype(np.float64)
     res = fastlstm.forward(cuda.to_device(x64), params, cuda.to_device(h0[:, 0]), c0[:, 0],
@@ -175,10 +175,10 @@ def test_unbatched_device_input_float64_x(cuda_lstm):
     assert_close(grads.dc0.copy_to_host(), ref["dc0"][:, 0], F32, "grad", "dc0")
 
 
-def test_dropout_masks_match_cpu_backend(cuda_lstm):
-    cuda_lstm.RECURRENCE = "multi"
+def test_dropout_masks_match_cpu_backend(cuda_options):
+    cuda_options(recurrence="multi")
     params, x, h0, c0, lens, dy, dh, dc = _problem(8, 3, 2, 3, 4, 2, 1, 0, True, [3, 2])
-    masks = api._dropout_masks(params.astype(np.float64), 3, 2, 0.5, 11)
+    masks = layout.dropout_masks(params.astype(np.float64), 3, 2, 0.5, 11)
     assert masks is not None and any(np.any(m == 0) for m in masks)
     res = fastlstm.forward(x, params, h0, c0, lengths=lens, training=True, dropout=0.5, seed=11,
                            device="cuda")
@@ -186,12 +186,24 @@ def test_dropout_masks_match_cpu_backend(cuda_lstm):
     _check(res, grads, _reference(params, x, h0, c0, lens, dy, dh, dc, masks=masks), "dropout")
 
 
-def test_backend_contract_functions(cuda_lstm):
-    """``lstm_forward`` / ``lstm_backward`` on normalised host arrays (the dispatch contract)."""
-    cuda_lstm.RECURRENCE = "multi"
+def test_backend_contract_functions(cuda_options):
+    """``lstm_forward`` / ``lstm_backward`` on normalised device arrays (the backend contract),
+    and the training state flattened to arrays and ints and rebuilt in between."""
+    from numba import cuda
+
+    from fastlstm.backends import cuda as backend
+    from fastlstm.backends.state import TrainingState
+    cuda_options(recurrence="multi")
     params, x, h0, c0, lens, dy, dh, dc = _problem(9, 3, 2, 3, 4, 1, 1, 0, True, [3, 1])
-    y, h, c, state = cuda_lstm.lstm_forward(x, params, h0, c0, lens, None, True)
-    dx, dh0, dc0, dp = cuda_lstm.lstm_backward(state, dy, dh, dc)
+    d = lambda a: cuda.to_device(np.ascontiguousarray(a, dtype=F32))  # noqa: E731
+    y, h, c, state, paths = backend.lstm_forward(d(x), params, d(h0), d(c0),
+                                                 cuda.to_device(np.asarray(lens, np.int64)),
+                                                 None, True)
+    assert paths == ("multi",)
+    arrays, ints = state.flatten()
+    state = TrainingState.unflatten(arrays, ints, params)
+    dx, dh0, dc0, dp = backend.lstm_backward(state, d(dy), d(dh), d(dc))
+    y, h, c, dx, dh0, dc0 = (a.copy_to_host() for a in (y, h, c, dx, dh0, dc0))
     ref = _reference(params, x, h0, c0, lens, dy, dh, dc)
     for name, a in (("y", y), ("h", h), ("c", c)):
         assert_close(a, ref[name], F32, "forward", name)

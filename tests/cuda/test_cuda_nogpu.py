@@ -13,7 +13,7 @@ import pytest
 CODE = r"""
 import numpy as np
 import fastlstm
-import fastlstm.kernels.cuda.lstm  # importable without a GPU
+import fastlstm.backends.cuda  # importable without a GPU
 from numba import cuda
 assert not cuda.is_available(), "a GPU is usable here"
 assert "cuda" not in fastlstm.available_devices()

@@ -1,0 +1,495 @@
+"""CPU backend: the three phases of each layer (input GEMM, compiled recurrence, gradient GEMMs).
+
+Takes and returns normalised, time-major, C-contiguous arrays of the compute dtype (the rules
+of ``fastlstm.layout`` do all validation and layout conversion; see ``fastlstm.backends`` for
+the contract)::
+
+    x (T, B, I)  h0 (L*D, B, H_out)  c0 (L*D, B, H)  lengths (B,) int64
+    masks: None or L-1 arrays (T, B, D*H_out), inter-layer dropout already scaled
+
+Phase 1 (per layer): one GEMM ``(T*B, I) x (I, D*4H)`` for both directions (the biases are
+added inside the recurrence's fused loop, saving a pass over the projection).
+Phase 2 (per direction): ``recurrence_forward`` / ``recurrence_backward``, compiled loops over time.
+Phase 3 (backward, per direction): ``dW_ih = dgates^T x``, ``dW_hh = dgates^T h_prev`` (the
+recurrence's outputs, shifted), ``dW_hr`` and ``dx`` as whole-sequence GEMMs; ``db`` is summed
+inside the backward recurrence while each step's gate gradients are in cache.
+
+Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
+batch slice does its own phases 1 and 2 on a worker thread (``fastlstm/kernels/cpu/parallel.py``), phase 1
+inside the recurrence: each step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix blocks, like the
+recurrent product (``CPUConfig.fuse_input``). In backward, every task (the serial path's too: one per
+direction) runs its recurrence and then its own rows' phase 3, and the partial weight
+gradients are summed; a parallel task's recurrence also computes each step's ``dx`` rows while
+that step's gate gradients are in cache (``fuse_dx``), and its ``dW_ih`` and ``dW_hh`` come
+from one GEMM over ``[x | h_prev]`` (``stack_x_hprev``), which reads the gate gradients once.
+For one layer and one direction the forward kernels write those ``[x | h_prev]`` rows
+themselves, and the training cache keeps them instead of the layer's input and output.
+Every BLAS call goes to SciPy's OpenBLAS (Numba's ``np.dot``), never NumPy's: two libraries'
+idle thread pools would fight over the cores.
+
+Tuning knobs: :class:`fastlstm.config.CPUConfig`, read once per call. Weight layouts derived
+from the parameters are memoised on them (``LSTMParams.derived``), so an in-place update
+(``LSTMParams.update_``) rebuilds them.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+
+from .. import config
+from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
+                                    run_tasks, single_threaded_blas, split_rows)
+from ..kernels.cpu.recurrence import (BackwardOut, BackwardWeights, Blocks, ForwardOut,
+                                      ForwardWeights, Saved, StepInput, recurrence_backward,
+                                      recurrence_forward, stack_x_hprev)
+from .compile_notice import announce_compiles
+from .state import LayerState, TrainingState
+
+__all__ = ["lstm_forward", "lstm_backward", "col_blocks", "block_shape", "workspace",
+           "release_workspace", "plan_tasks", "fuse_dx", "num_threads"]
+
+announce_compiles()
+
+_tls = threading.local()
+_all_pools = weakref.WeakSet()  # every live thread's scratch, for release_workspace()
+
+
+class _Pool:
+    """One thread's scratch buffers; the registry holds it weakly, so it goes with its thread."""
+    __slots__ = ("bufs", "__weakref__")
+
+    def __init__(self):
+        self.bufs = {}
+
+
+def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
+    """A scratch array reused across calls by the same thread (contents undefined).
+
+    Only for arrays no result or cache keeps. A fresh large array costs first-touch page
+    faults on every call (50 ms for the 42 MB input projection at T=20, B=128, H=1024:
+    bench/NOTES.md); one buffer per key and thread avoids that. Threads never share one.
+    Keys: ``xg`` (input projection), ``xw`` (a task's batch slice of the layer input),
+    ``dgates`` and ``dhp`` (a task's gate / projected-output gradients), ``dx_part`` (a batch
+    slice's input gradient before it goes to its rows), ``xh`` (a task's ``[x | h_prev]``
+    rows for its weight-gradient GEMM).
+    """
+    pool = getattr(_tls, "pool", None)
+    if pool is None:
+        pool = _tls.pool = _Pool()
+        _all_pools.add(pool)
+    size = int(np.prod(shape))
+    buf = pool.bufs.get(key)
+    if buf is None or buf.dtype != np.dtype(dtype) or buf.size < size:
+        buf = np.empty(size, dtype)
+        pool.bufs[key] = buf
+    return buf[:size].reshape(shape)
+
+
+def release_workspace() -> None:
+    """Free the scratch buffers of every thread, fastlstm's worker threads included.
+
+    Safe while other threads compute: a buffer in use stays alive until its call is done."""
+    for pool in list(_all_pools):
+        pool.bufs.clear()
+
+
+# ---------------------------------------------------------------------------- planning
+def num_threads(cfg: config.CPUConfig | None = None) -> int:
+    """Cores a call may use: ``CPUConfig.threads``, else Numba's thread count
+    (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``), the figure the benchmarks give torch."""
+    cfg = cfg or config.current("cpu")
+    return cfg.threads if cfg.threads is not None else numba.get_num_threads()
+
+
+def block_shape(M: int, K: int, N: int, threaded: bool = True,
+                cfg: config.CPUConfig | None = None) -> tuple[int, int]:
+    """(columns per block, rows per chunk) for the per-step product (M, K) x (K, N).
+
+    One call (N, M) when the product is already under the small-matrix threshold
+    (``small_gemm_mnk``), or over ``split_max_mnk`` when BLAS may thread it (``threaded``; a
+    parallel task's BLAS is pinned to one thread, where blocks always win); else the widest
+    multiple of 16 dividing N with M*K*width under the threshold; if even 16 columns are over
+    it, chunks of rows under the threshold, in the widest of 64, 32, 16 columns that still
+    gives ``chunk_min_rows`` rows (32 or 16 when none does; N when N has no such divisor).
+    """
+    cfg = cfg or config.current("cpu")
+    small = cfg.small_gemm_mnk
+    if M * K * N <= small or (threaded and M * K * N > cfg.split_max_mnk):
+        return N, M
+    best = 0
+    for w in range(16, N, 16):
+        if N % w == 0 and M * K * w <= small:
+            best = w
+    if best:
+        return best, M
+    widths = [w for w in (64, 32, 16) if N % w == 0 and N > w]
+    if not widths:
+        return N, max(1, min(M, small // (K * N)))
+    w = next((w for w in widths if small // (K * w) >= cfg.chunk_min_rows),
+             32 if 32 in widths else widths[-1])
+    return w, max(1, min(M, small // (K * w)))
+
+
+def col_blocks(params, key, w, M, threaded=True, cfg=None):
+    """``w`` (K, N) as contiguous column blocks (n, K, N/n) for products with M rows, and the
+    rows per chunk (``block_shape``); memoised on the params (``LSTMParams.derived``). A single
+    block is a view of a writable ``w`` (a read-only one, e.g. a parameter, is copied once: the
+    kernels are compiled for writable arrays)."""
+    K, N = w.shape
+    if K == 0:
+        return np.empty((0, 0, 0), w.dtype), max(M, 1)
+    nb, mb = block_shape(M, K, N, threaded, cfg)
+    if nb == N and w.flags.writeable:
+        return w.reshape(1, K, N), mb
+    blocks = params.derived(("cpu", "blocks", key, nb),
+                            lambda: w.reshape(K, N // nb, nb).transpose(1, 0, 2).copy())
+    return blocks, mb
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One layer's weights in the layouts the kernels walk contiguously (per direction)."""
+    w_ih_cat_t: np.ndarray   # (I, D*4H): the serial path's input GEMM, both directions
+    w_ih_t: list             # per direction (I, 4H)
+    w_ih: list               # per direction (4H, I), as stored
+    bias: list               # per direction (4H,): b_ih + b_hh (zeros without biases)
+    w_hh_t: list             # (H_out, 4H)
+    w_hh: list               # (4H, H_out)
+    w_hr_t: list             # (H, P), or (0, 0)
+    w_hr: list               # (P, H), or (0, 0)
+
+
+def _prepare(params, layer) -> _Prepared:
+    return params.derived(("cpu", "layer", layer), lambda: _prepare_uncached(params, layer))
+
+
+def _prepare_uncached(params, layer) -> _Prepared:
+    D = params.num_directions
+    dt = params.dtype
+    w_ih, w_hh, w_hh_t, w_hr, w_hr_t, bias = [], [], [], [], [], []
+    for d in range(D):
+        wi, wh, bi, bh, wr = params.layer_weights(layer, d)
+        w_ih.append(wi)
+        w_hh.append(wh.copy())  # writable copies: one Numba specialisation per dtype
+        w_hh_t.append(np.ascontiguousarray(wh.T))
+        w_hr.append(wr.copy() if wr is not None else np.empty((0, 0), dt))
+        w_hr_t.append(np.ascontiguousarray(wr.T) if wr is not None else np.empty((0, 0), dt))
+        bias.append(bi + bh if bi is not None else np.zeros(wh.shape[0], dt))
+    w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
+    # per direction, for a parallel task's own phase 1; with one direction the stacked array
+    w_ih_t = [w_ih_cat_t] if D == 1 else [np.ascontiguousarray(w.T) for w in w_ih]
+    return _Prepared(w_ih_cat_t, w_ih_t, w_ih, bias, w_hh_t, w_hh, w_hr_t, w_hr)
+
+
+def plan_tasks(D, B, flop, cfg=None):
+    """The independent recurrences of one layer as ``(direction, b0, b1)`` tasks, or None to run
+    the layer serially (one thread, or a call too small to gain, or SciPy's BLAS not pinnable:
+    ``fastlstm/kernels/cpu/parallel.py``). Directions first, then batch slices for the cores
+    left."""
+    cfg = cfg or config.current("cpu")
+    n = num_threads(cfg)
+    if n < 2 or flop < cfg.parallel_min_flop or not can_pin():
+        return None
+    parts = max(1, min(n // D, B // cfg.parallel_min_rows))
+    if parts * D < 2:
+        return None
+    return [(d, b0, b1) for d in range(D) for b0, b1 in split_rows(B, parts)]
+
+
+def fuse_dx(Bw, G, I, cfg=None):
+    """Whether a parallel task's backward computes dx per step: ``CPUConfig.fuse_dx`` when set,
+    else when that product's blocks keep at least ``chunk_min_rows`` rows (or all of them);
+    thinner row chunks run slower than one GEMM (bench/NOTES.md, item 17)."""
+    cfg = cfg or config.current("cpu")
+    if cfg.fuse_dx is not None:
+        return cfg.fuse_dx
+    return block_shape(Bw, G, I, False, cfg)[1] >= min(Bw, cfg.chunk_min_rows)
+
+
+def _layer_flop(T, B, I, H, P, D, proj):
+    return 2.0 * T * B * D * (4 * H * (I + P) + (H * P if proj else 0))
+
+
+def _run(fn, ctx, tasks, parallel):
+    if parallel:
+        with single_threaded_blas():
+            run_tasks(fn, [(ctx,) + tuple(t) for t in tasks])
+    else:
+        for t in tasks:
+            fn(ctx, *t)
+
+
+def _sum(arrays):
+    """The sum of the tasks' partial gradients (C-contiguous, or None); adds into the first."""
+    total = arrays[0]
+    if total is None:
+        return None
+    for a in arrays[1:]:
+        total += a
+    return total
+
+
+def _sum_split(arrays, n):
+    """The tasks' partial ``[dW_ih | dW_hh]`` (G, n + m) summed and split into the two
+    gradients, C-contiguous."""
+    total = arrays[0]
+    for a in arrays[1:-1]:
+        total += a
+    if len(arrays) == 1:
+        return np.ascontiguousarray(total[:, :n]), np.ascontiguousarray(total[:, n:])
+    out1 = np.empty((total.shape[0], n), total.dtype)
+    out2 = np.empty((total.shape[0], total.shape[1] - n), total.dtype)
+    add_split(total, arrays[-1], out1, out2)
+    return out1, out2
+
+
+# ---------------------------------------------------------------------------- forward
+@dataclass
+class _ForwardLayer:
+    """What the tasks of one layer's forward share (read-only for them; each task writes only
+    its own rows and columns)."""
+    cfg: config.CPUConfig
+    params: Any
+    layer: int
+    prep: _Prepared
+    layer_in: np.ndarray     # (T, B, I_l)
+    xg_all: np.ndarray       # serial path: (T, B, D*4H) projection of both directions
+    parallel: bool
+    h0: np.ndarray           # (L*D, B, H_out) all layers' initial states
+    c0: np.ndarray
+    lengths: np.ndarray
+    y: np.ndarray            # (T, B, D*H_out)
+    h_n: np.ndarray
+    c_n: np.ndarray
+    dirs: list               # per direction (gates, cells), (0, 0, 0) arrays in inference
+    training: bool
+
+
+def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
+    """One direction and row range of a layer's forward (phases 1 and 2)."""
+    params, prep, cfg = L.params, L.prep, L.cfg
+    T, B = L.layer_in.shape[0], L.layer_in.shape[1]
+    H, P = params.hidden_size, params.output_size
+    dt = params.dtype
+    k = L.layer * params.num_directions + d
+    Bw = b1 - b0
+    empty3 = np.empty((0, 0, 0), dt)
+    x_in, w_ih_tb, mb_ih = empty3, empty3, 1
+    if L.parallel and cfg.fuse_input:
+        # phase 1 inside the recurrence: each step's x_t @ W_ih^T in small blocks
+        xg, xg_off, row0, x_in = empty3, 0, b0, L.layer_in
+        w_ih_tb, mb_ih = col_blocks(params, ("w_ih_t", L.layer, d), prep.w_ih_t[d], Bw, False, cfg)
+    elif L.parallel:  # this slice's own phase 1, on this thread
+        if Bw == B:
+            xw = L.layer_in.reshape(T * B, -1)
+        else:
+            xw = workspace("xw", (T, Bw, L.layer_in.shape[2]), dt)
+            np.copyto(xw, L.layer_in[:, b0:b1])
+            xw = xw.reshape(T * Bw, -1)
+        xg = workspace("xg", (T * Bw, 4 * H), dt)
+        matmul_into(xw, prep.w_ih_t[d], xg)
+        xg, xg_off, row0 = xg.reshape(T, Bw, 4 * H), 0, 0
+    else:
+        xg, xg_off, row0 = L.xg_all, d * 4 * H, b0
+    threaded = not L.parallel
+    w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", L.layer, d), prep.w_hh_t[d], Bw, threaded, cfg)
+    w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", L.layer, d), prep.w_hr_t[d], Bw, threaded, cfg)
+    gates, cells = L.dirs[d]
+    recurrence_forward(StepInput(xg, xg_off, x_in, w_ih_tb, row0),
+                       ForwardWeights(prep.bias[d], w_hh_tb, w_hr_tb),
+                       L.h0[k, b0:b1], L.c0[k, b0:b1], L.lengths[b0:b1], d == 1,
+                       ForwardOut(L.y, d * P, b0, L.h_n[k, b0:b1], L.c_n[k, b0:b1]),
+                       Saved(gates, cells, xh_out), L.training, Blocks(mb_hh, mb_hr, mb_ih))
+
+
+def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
+    """Multi-layer forward: ``y, h_n, c_n, state, paths`` (``state`` None unless training)."""
+    cfg = config.current("cpu")
+    T, B, _ = x.shape
+    L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
+    dt = params.dtype
+    h_n = np.empty((L * D, B, P), dt)
+    c_n = np.empty((L * D, B, H), dt)
+    empty3 = np.empty((0, 0, 0), dt)
+    layer_in = x
+    saved, paths = [], []
+    for layer in range(L):
+        prep = _prepare(params, layer)
+        I = layer_in.shape[2]
+        tasks = plan_tasks(D, B, _layer_flop(T, B, I, H, P, D, params.proj_size), cfg)
+        parallel = tasks is not None
+        xg_all = empty3
+        if not parallel:
+            tasks = [(d, 0, B) for d in range(D)]
+            # Phase 1 for both directions at once (OpenBLAS threads it when large). Every BLAS
+            # call of this backend goes to SciPy's OpenBLAS: two libraries' idle thread pools
+            # spinning at once would fight over the cores (bench/NOTES.md, item 9).
+            xg_all = workspace("xg", (T * B, D * 4 * H), dt)
+            matmul_into(layer_in.reshape(T * B, -1), prep.w_ih_cat_t, xg_all)
+            xg_all = xg_all.reshape(T, B, D * 4 * H)
+        y = np.empty((T, B, D * P), dt)
+        dirs = [(np.empty((T, B, 4 * H), dt), np.empty((T, B, H), dt)) if training
+                else (empty3, empty3) for _ in range(D)]
+        # One layer, one direction, per-step input projection: the kernels write the backward's
+        # [x | h_prev] rows themselves, and the state keeps them instead of x and y (item 19)
+        own_xh = training and parallel and cfg.fuse_input and L == 1 and D == 1
+        xhs = [np.empty((T, b1 - b0, I + P), dt) if own_xh else empty3 for _, b0, b1 in tasks]
+        ctx = _ForwardLayer(cfg, params, layer, prep, layer_in, xg_all, parallel, h0, c0,
+                            lengths, y, h_n, c_n, dirs, training)
+        _run(_forward_task, ctx, [t + (xh,) for t, xh in zip(tasks, xhs)], parallel)
+        paths.append("parallel" if parallel else "serial")
+        if own_xh:
+            saved.append(LayerState(gates=tuple(g for g, _ in dirs), cells=tuple(c for _, c in dirs),
+                                    xh=tuple(xhs), tasks=tuple(tuple(t) for t in tasks)))
+        elif training:
+            saved.append(LayerState(x=layer_in, y=y, gates=tuple(g for g, _ in dirs),
+                                    cells=tuple(c for _, c in dirs)))
+        layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
+    state = None
+    if training:
+        state = TrainingState("cpu", params, params.version, tuple(saved), h0, c0, lengths,
+                              tuple(masks) if masks is not None else (), tuple(paths))
+    return layer_in, h_n, c_n, state, tuple(paths)
+
+
+# ---------------------------------------------------------------------------- backward
+@dataclass
+class _BackwardLayer:
+    """What the tasks of one layer's backward share; each task writes only its own rows and
+    its own entry of ``parts``."""
+    cfg: config.CPUConfig
+    params: Any
+    layer: int
+    prep: _Prepared
+    saved: LayerState
+    tasks: list
+    parallel: bool
+    dy: np.ndarray           # (T, B, D*H_out) gradient of the layer output
+    h0: np.ndarray
+    c0: np.ndarray
+    dh_n: np.ndarray
+    dc_n: np.ndarray
+    lengths: np.ndarray
+    dx: np.ndarray           # (T, B, I_l): direction 0's share of the input gradient
+    dx_rev: np.ndarray       # the reverse direction's share, or None
+    dh0: np.ndarray
+    dc0: np.ndarray
+    I: int
+    parts: list = field(default_factory=list)
+
+
+def _backward_task(L: _BackwardLayer, i):
+    """Phase 2 for one direction and row range, then its phase 3 while its gate gradients are
+    fresh: no wait between the two, nothing shared with other tasks."""
+    params, prep, cfg, sv = L.params, L.prep, L.cfg, L.saved
+    H, P = params.hidden_size, params.output_size
+    G = 4 * H
+    dt = params.dtype
+    T, B = L.dy.shape[0], L.dy.shape[1]
+    d, b0, b1 = L.tasks[i]
+    k = L.layer * params.num_directions + d
+    Bw = b1 - b0
+    rows = T * Bw
+    whole = Bw == B
+    I_l = L.I
+    has_proj = params.proj_size > 0
+    empty2, empty3 = np.empty((0, 0), dt), np.empty((0, 0, 0), dt)
+    gates, cells = sv.gates[d], sv.cells[d]
+    dg = workspace("dgates", (T, Bw, G), dt)
+    dhp = workspace("dhp", (T, Bw, P), dt) if has_proj else empty3
+    threaded = not L.parallel
+    w_hh_b, mb_hh = col_blocks(params, ("w_hh", L.layer, d), prep.w_hh[d], Bw, threaded, cfg)
+    w_hr_b, mb_hr = col_blocks(params, ("w_hr", L.layer, d), prep.w_hr[d], Bw, threaded, cfg)
+    w_ih = prep.w_ih[d]
+    target = L.dx if d == 0 else L.dx_rev
+    fuse = L.parallel and cfg.fuse_input and fuse_dx(Bw, G, I_l, cfg)
+    if fuse:  # dx per step, inside the recurrence (the forward's projection mirrored)
+        w_ih_b, mb_ih = col_blocks(params, ("w_ih", L.layer, d), w_ih, Bw, False, cfg)
+        dx_step, dx2 = target, empty2
+    else:
+        w_ih_b, mb_ih, dx_step = empty3, 1, empty3
+        dx2 = target.reshape(rows, I_l) if whole else workspace("dx_part", (rows, I_l), dt)
+    db = np.empty(G, dt)
+    recurrence_backward(L.dy, d * P, b0, Saved(gates, cells, empty3), L.c0[k, b0:b1],
+                        L.dh_n[k, b0:b1], L.dc_n[k, b0:b1], L.lengths[b0:b1], d == 1,
+                        BackwardWeights(w_hh_b, w_hr_b, w_ih_b),
+                        BackwardOut(dg, dhp, 0, L.dh0[k, b0:b1], L.dc0[k, b0:b1], dx_step, db),
+                        Blocks(mb_hh, mb_hr, mb_ih))
+    hk = L.h0[k, b0:b1]
+    if L.parallel:
+        # [dW_ih | dW_hh] as one GEMM over [x | h_prev]: the gate gradients are read once
+        # (item 18); the operand is the forward's (item 19) or built here, without the GIL
+        if sv.xh:
+            xh = sv.xh[i]
+        else:
+            xh = workspace("xh", (T, Bw, I_l + P), dt)
+            stack_x_hprev(sv.x, b0, sv.y, d * P, hk, L.lengths[b0:b1], d == 1, xh)
+        dw = np.empty((G, I_l + P), dt)
+        grad_gemms(dg.reshape(rows, G), xh.reshape(rows, I_l + P), empty2, w_ih, dx2, dw, empty2)
+        dw_ih, dw_hh = dw, None  # split when the tasks' parts are summed
+    else:  # one task per direction, the whole batch: x as it is, h_prev alone
+        hp = np.empty((T, B, P), dt)
+        stack_x_hprev(np.empty((T, B, 0), dt), 0, sv.y, d * P, hk, L.lengths, d == 1, hp)
+        dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
+        grad_gemms(dg.reshape(rows, G), sv.x.reshape(rows, I_l), hp.reshape(rows, P), w_ih,
+                   dx2, dw_ih, dw_hh)
+    if not (whole or fuse):
+        target[:, b0:b1] = dx2.reshape(T, Bw, I_l)
+    dw_hr = None
+    if has_proj:
+        hh = gates[:, b0:b1, 3 * H:] * np.tanh(cells[:, b0:b1])  # o * tanh(c); 0 padded
+        dw_hr = np.empty((P, H), dt)
+        matmul_tn_into(dhp.reshape(rows, P), hh.reshape(rows, H), dw_hr)
+    L.parts[i] = (dw_ih, dw_hh, db, dw_hr)
+
+
+def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
+    """Full backward from a training ``state``: ``dx, dh0, dc0, dparams``."""
+    cfg = config.current("cpu")
+    params = state.params
+    L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
+    dt = params.dtype
+    T, B = dy.shape[0], dy.shape[1]
+    dh0 = np.empty_like(dh_n)
+    dc0 = np.empty_like(dc_n)
+    per_layer = [None] * L
+    dy_layer = np.ascontiguousarray(dy)
+    for layer in reversed(range(L)):
+        sv = state.layers[layer]
+        I_l = sv.x.shape[2] if not sv.xh else sv.xh[0].shape[2] - P
+        if sv.xh:  # the forward's tasks, whose [x | h_prev] rows it kept
+            tasks, parallel = list(sv.tasks), True
+            threads = num_threads(cfg) > 1 and can_pin()  # one at a time if cores were taken
+        else:
+            tasks = plan_tasks(D, B, _layer_flop(T, B, I_l, H, P, D, params.proj_size), cfg)
+            parallel = tasks is not None
+            if not parallel:
+                tasks = [(d, 0, B) for d in range(D)]
+            threads = parallel
+        dx = np.empty((T, B, I_l), dt)
+        dx_rev = np.empty((T, B, I_l), dt) if D > 1 else None
+        ctx = _BackwardLayer(cfg, params, layer, _prepare(params, layer), sv, tasks, parallel,
+                             dy_layer, state.h0, state.c0, dh_n, dc_n, state.lengths, dx, dx_rev,
+                             dh0, dc0, I_l, [None] * len(tasks))
+        _run(_backward_task, ctx, [(i,) for i in range(len(tasks))], threads)
+        if dx_rev is not None:
+            dx += dx_rev
+        dirs = []
+        for d in range(D):
+            mine = [ctx.parts[i] for i, t in enumerate(tasks) if t[0] == d]
+            if mine[0][1] is None:
+                dw_ih, dw_hh = _sum_split([p[0] for p in mine], I_l)
+            else:
+                dw_ih, dw_hh = (_sum([p[j] for p in mine]) for j in (0, 1))
+            db, dw_hr = (_sum([p[j] for p in mine]) for j in (2, 3))
+            dirs.append((dw_ih, dw_hh, db if params.bias else None, dw_hr))
+        per_layer[layer] = dirs
+        if layer > 0 and state.masks:
+            dx *= state.masks[layer - 1]
+        dy_layer = dx
+    return dy_layer, dh0, dc0, params.named_grads(per_layer)

@@ -1,0 +1,94 @@
+"""The backends' tuning knobs, one small frozen object per backend, read once per call.
+
+Defaults are the measured choices (``bench/NOTES.md``). Change them for a block of code with
+:func:`options`, never by assigning module attributes::
+
+    with fastlstm.config.options("cpu", parallel_min_flop=0, threads=2):
+        fastlstm.forward(x, params)          # every layer on the parallel path
+
+The setting is per thread and per ``asyncio`` task (a :class:`contextvars.ContextVar`); a
+call reads it once, in the calling thread, and hands it to its worker threads.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+
+__all__ = ["CPUConfig", "CUDAConfig", "current", "options"]
+
+
+@dataclass(frozen=True)
+class CPUConfig:
+    """Knobs of the CPU backend (``fastlstm/backends/cpu.py``)."""
+    #: OpenBLAS runs products with M*N*K at most this without packing (its small-matrix
+    #: kernel); per-step products are split into column blocks under it (NOTES item 4).
+    small_gemm_mnk: int = 1_000_000
+    #: Per-step products larger than this run as one BLAS call that BLAS may thread.
+    split_max_mnk: int = 1 << 26
+    #: Fewest rows per chunk worth a wider block when no block fits whole rows (item 11).
+    chunk_min_rows: int = 24
+    #: Useful FLOPs of one layer below which it runs on one thread (item 9).
+    parallel_min_flop: float = 20e6
+    #: Fewest batch rows per parallel task.
+    parallel_min_rows: int = 4
+    #: A parallel task runs its input projection per step inside the recurrence (item 14).
+    fuse_input: bool = True
+    #: A parallel task's backward computes dx per step: None = the measured rule (item 17),
+    #: True / False = always / never.
+    fuse_dx: bool | None = None
+    #: Threads a call may use; None = Numba's thread count (``numba.get_num_threads()``).
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class CUDAConfig:
+    """Knobs of the CUDA backend (``fastlstm/backends/cuda.py``)."""
+    #: "auto" (persistent kernel for small-batch inference where it fits, else one launch
+    #: per step), "multi" or "persistent" (forced, also in training).
+    recurrence: str = os.environ.get("FASTLSTM_CUDA_RECURRENCE", "auto")
+    #: Largest batch the "auto" choice runs on the persistent kernel.
+    persistent_max_batch: int = 16
+    #: Dynamic shared memory a persistent plan may use per block (bytes).
+    persistent_smem_limit: int = 48 * 1024
+    #: "auto" (cuBLAS through CuPy when importable), "numba" or "cupy".
+    gemm: str = os.environ.get("FASTLSTM_CUDA_GEMM", "auto")
+
+    def __post_init__(self):
+        if self.recurrence not in ("auto", "multi", "persistent"):
+            raise ValueError(f"recurrence must be 'auto', 'multi' or 'persistent', got {self.recurrence!r}")
+        if self.gemm not in ("auto", "numba", "cupy"):
+            raise ValueError(f"gemm must be 'auto', 'numba' or 'cupy', got {self.gemm!r}")
+
+
+_VARS = {
+    "cpu": contextvars.ContextVar("fastlstm_cpu_config", default=CPUConfig()),
+    "cuda": contextvars.ContextVar("fastlstm_cuda_config", default=None),
+}
+
+
+def current(backend: str):
+    """The configuration in effect for ``backend`` ("cpu" or "cuda")."""
+    var = _VARS[backend]
+    cfg = var.get()
+    if cfg is None:  # built on first use, so a bad environment variable fails there
+        cfg = CUDAConfig()
+    return cfg
+
+
+@contextmanager
+def options(backend: str, **changes):
+    """Run a block with some of ``backend``'s knobs changed (unknown names raise TypeError)."""
+    if backend not in _VARS:
+        raise ValueError(f"backend must be one of {sorted(_VARS)}, got {backend!r}")
+    cfg = current(backend)
+    known = {f.name for f in fields(cfg)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise TypeError(f"unknown {backend} option(s) {unknown}; known: {sorted(known)}")
+    token = _VARS[backend].set(replace(cfg, **changes))
+    try:
+        yield current(backend)
+    finally:
+        _VARS[backend].reset(token)
