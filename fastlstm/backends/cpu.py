@@ -15,7 +15,7 @@ recurrence's outputs, shifted), ``dW_hr`` and ``dx`` as whole-sequence GEMMs; ``
 inside the backward recurrence while each step's gate gradients are in cache.
 
 Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
-batch slice does its own phases 1 and 2 on a worker thread (``fastlstm/kernels/cpu/parallel.py``), phase 1
+batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``), phase 1
 inside the recurrence: each step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix blocks, like the
 recurrent product (``CPUConfig.fuse_input``). In backward, every task (the serial path's too: one per
 direction) runs its recurrence and then its own rows' phase 3, and the partial weight
@@ -189,7 +189,7 @@ def _prepare_uncached(params, layer) -> _Prepared:
 def plan_tasks(D, B, flop, cfg=None):
     """The independent recurrences of one layer as ``(direction, b0, b1)`` tasks, or None to run
     the layer serially (one thread, or a call too small to gain, or SciPy's BLAS not pinnable:
-    ``fastlstm/kernels/cpu/parallel.py``). Directions first, then batch slices for the cores
+    ``kernels/cpu/parallel.py``). Directions first, then batch slices for the cores
     left."""
     cfg = cfg or config.current("cpu")
     n = num_threads(cfg)

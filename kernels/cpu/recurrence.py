@@ -14,7 +14,7 @@ Each step: ``z = h @ W_hh^T`` for the whole batch (BLAS: measured faster than ha
 loops at every batch size, even B = 1 — see bench/NOTES.md). The product is issued as n
 column blocks, each small enough (M*K*N <= 1e6) for OpenBLAS's small-matrix kernel, which
 skips packing the weights on every call: ~110 GFLOP/s on one core against 36-95 for one
-call at B = 8..128 (measured; ``kernels/cpu/lstm.py::block_shape`` picks the blocks, also
+call at B = 8..128 (measured; ``fastlstm/backends/cpu.py::block_shape`` picks the blocks, also
 splitting rows when even 16 columns are over the threshold). Then one fused, branch-free,
 vectorised pass over each sequence's row adds the input projection and the bias, applies the
 activations and updates c and h in place. Steps past a sequence's end leave its state
