@@ -10,15 +10,24 @@ Names, per layer ``k`` and direction (suffix ``""`` forward, ``"_reverse"`` back
 
 ``H_out = P if P > 0 else H``, ``D = 2 if bidirectional else 1``. The rows of the
 4H axis are the gates in the order ``i, f, g, o``.
+
+The arrays are read-only to users and change only through :meth:`LSTMParams.update_` and
+:meth:`LSTMParams.copy_`, which bump :attr:`LSTMParams.version` and drop the layouts that
+backends derived from the weights (:meth:`LSTMParams.derived`).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Iterator, Mapping
+import threading
+import zipfile
+import zlib
+from typing import Callable, Hashable, Iterator, Mapping
 
 import numpy as np
+
+from ._coerce import check_bool, to_numpy
 
 __all__ = ["LSTMParams", "SUPPORTED_DTYPES", "check_allocation"]
 
@@ -49,13 +58,14 @@ def check_allocation(nbytes: int, what: str) -> None:
 
 
 def _normalize_dtype(dtype) -> np.dtype:
+    """float32 or float64 in native byte order, from any spelling or byte order."""
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
-    if dt not in SUPPORTED_DTYPES:
+    if dt.kind != "f" or dt.itemsize not in (4, 8):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+    return dt.newbyteorder("=")
 
 
 def _positive_int(value, name: str, minimum: int = 1) -> int:
@@ -67,43 +77,93 @@ def _positive_int(value, name: str, minimum: int = 1) -> int:
     return value
 
 
-def _to_numpy(value, name: str) -> np.ndarray:
-    """NumPy array from a NumPy array, array-like, or CPU torch tensor (never a view of it)."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
-        value = value.detach().cpu().numpy()
-    if hasattr(value, "__cuda_array_interface__"):
-        raise TypeError(f"{name}: parameters must be host arrays (NumPy or CPU tensors)")
-    return np.array(value, copy=True)
+def _checked_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
+    """``value`` as a floating-point NumPy array of ``shape`` (a view where possible)."""
+    arr = to_numpy(value, name)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return arr
+
+
+def _prefixes(keys) -> list[str]:
+    """The prefixes under which ``keys`` hold an LSTM (``<prefix>weight_ih_l0``) or an LSTM
+    cell (``<prefix>.weight_ih``), in order of appearance."""
+    found: list[str] = []
+    for key in keys:
+        if not isinstance(key, str):
+            continue
+        if key.endswith("weight_ih_l0"):
+            prefix = key[:-len("weight_ih_l0")]
+        elif key.endswith(".weight_ih"):
+            prefix = key[:-len("weight_ih")]
+        else:
+            continue
+        if prefix and prefix not in found:
+            found.append(prefix)
+    return found
+
+
+def _check_recurrent_shape(shape: tuple[int, ...]) -> None:
+    """Refuse a ``weight_hh_l0`` that cannot be an LSTM's, naming the module it comes from.
+
+    An LSTM's is (4H, H), or (4H, P) with P < H; a GRU's (3H, H) and an RNN's (H, H) have more
+    columns than a quarter of their rows, so the three cannot be confused.
+    """
+    if len(shape) != 2:
+        raise ValueError(f"weight_hh_l0 must have shape (4*hidden_size, hidden_size), got {shape}")
+    rows, cols = shape
+    if rows > 0 and cols > 0 and rows % 4 == 0 and cols <= rows // 4:
+        return
+    lstm = ("an LSTM's weight_hh_l0 has shape (4*hidden_size, hidden_size), or "
+            "(4*hidden_size, proj_size) with a projection")
+    if cols > 0 and rows == 3 * cols:
+        raise ValueError(f"weight_hh_l0 has shape {shape}, (3*hidden_size, hidden_size): this "
+                         f"looks like a GRU state dict, not an LSTM one ({lstm})")
+    if cols > 0 and rows == cols:
+        raise ValueError(f"weight_hh_l0 has shape {shape}, (hidden_size, hidden_size): this "
+                         f"looks like an RNN state dict, not an LSTM one ({lstm})")
+    raise ValueError(f"weight_hh_l0 has shape {shape}, which is not an LSTM's: {lstm}")
+
+
+_BLOCK = 1 << 15  # elements per block of update_'s step (the scaled block stays in cache)
+
+
+def _subtract_scaled(p: np.ndarray, g: np.ndarray, lr: float) -> None:
+    """``p -= lr * g`` in place, block by block: no temporary the size of ``p`` (a large one
+    costs more in page faults than the arithmetic)."""
+    pf, gf = p.reshape(-1), g.reshape(-1)
+    buf = np.empty(min(_BLOCK, pf.size), p.dtype)
+    for start in range(0, pf.size, _BLOCK):
+        stop = min(start + _BLOCK, pf.size)
+        np.multiply(gf[start:stop], lr, out=buf[:stop - start])
+        np.subtract(pf[start:stop], buf[:stop - start], out=pf[start:stop])
+
+
+_CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn.LSTMCell's names
 
 
 class LSTMParams:
     """The weights of a (multi-layer, optionally bidirectional, optionally projected) LSTM.
 
     Build with :meth:`init` (PyTorch's initialisation), :meth:`from_state_dict` or
-    :meth:`load`. The arrays are held read-only; :meth:`state_dict` returns copies.
+    :meth:`load`. The arrays are held read-only; :meth:`state_dict` returns copies. They change
+    in place only through :meth:`update_` and :meth:`copy_`, each of which increments
+    :attr:`version`. ``copy.copy``, ``copy.deepcopy`` and ``pickle`` give independent params
+    with copied arrays, ``version`` 0 and nothing derived.
 
     Attributes
     ----------
     input_size, hidden_size, num_layers, proj_size : int
     bidirectional, bias : bool
-    dtype : numpy.dtype (float32 or float64)
+    dtype : numpy.dtype (float32 or float64, native byte order)
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], *, input_size: int, hidden_size: int,
                  num_layers: int = 1, bias: bool = True, bidirectional: bool = False,
                  proj_size: int = 0, dtype=np.float32):
-        self.input_size = _positive_int(input_size, "input_size")
-        self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        self.num_layers = _positive_int(num_layers, "num_layers")
-        self.proj_size = _positive_int(proj_size, "proj_size", minimum=0)
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(
-                f"proj_size must be smaller than hidden_size (got proj_size={self.proj_size}, "
-                f"hidden_size={self.hidden_size})"
-            )
-        self.bias = bool(bias)
-        self.bidirectional = bool(bidirectional)
-        self.dtype = _normalize_dtype(dtype)
+        self._configure(input_size, hidden_size, num_layers, bias, bidirectional, proj_size, dtype)
         expected = self.expected_shapes()
         missing = [k for k in expected if k not in arrays]
         unexpected = [k for k in arrays if k not in expected]
@@ -116,14 +176,28 @@ class LSTMParams:
             raise KeyError("parameters do not match the configuration: " + "; ".join(parts))
         self._arrays: dict[str, np.ndarray] = {}
         for name, shape in expected.items():
-            arr = _to_numpy(arrays[name], name)
-            if arr.dtype.kind != "f":
-                raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
-            if arr.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-            arr = np.ascontiguousarray(arr, dtype=self.dtype)
+            # always a copy the params own: never a view of the caller's memory
+            arr = np.array(_checked_array(name, arrays[name], shape), dtype=self.dtype, order="C")
             arr.setflags(write=False)
             self._arrays[name] = arr
+        self._lock = threading.Lock()
+        self._version = 0
+        self._derived: dict = {}
+
+    def _configure(self, input_size, hidden_size, num_layers, bias, bidirectional, proj_size,
+                   dtype) -> None:
+        self.input_size = _positive_int(input_size, "input_size")
+        self.hidden_size = _positive_int(hidden_size, "hidden_size")
+        self.num_layers = _positive_int(num_layers, "num_layers")
+        self.proj_size = _positive_int(proj_size, "proj_size", minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size (got proj_size={self.proj_size}, "
+                f"hidden_size={self.hidden_size})"
+            )
+        self.bias = check_bool(bias, "bias")
+        self.bidirectional = check_bool(bidirectional, "bidirectional")
+        self.dtype = _normalize_dtype(dtype)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -148,28 +222,198 @@ class LSTMParams:
     def suffix(direction: int) -> str:
         return "_reverse" if direction == 1 else ""
 
+    @staticmethod
+    def param_name(kind: str, layer: int, direction: int = 0) -> str:
+        """PyTorch's name of one parameter: ``param_name("weight_hh", 1, 1)`` is
+        ``"weight_hh_l1_reverse"``.
+
+        Parameters
+        ----------
+        kind : {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"}
+        layer : int
+        direction : {0, 1}
+            0 forward, 1 reverse.
+        """
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}")
+        if direction not in (0, 1):
+            raise ValueError(f"direction must be 0 or 1, got {direction!r}")
+        return f"{kind}_l{layer}{LSTMParams.suffix(direction)}"
+
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter name (in ``torch.nn.LSTM``'s order) and its shape."""
         H, P = self.hidden_size, self.proj_size
         shapes: dict[str, tuple[int, ...]] = {}
         for layer in range(self.num_layers):
+            per_kind = {"weight_ih": (4 * H, self.layer_input_size(layer)),
+                        "weight_hh": (4 * H, self.output_size)}
+            if self.bias:
+                per_kind.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
+            if P > 0:
+                per_kind["weight_hr"] = (P, H)
             for d in range(self.num_directions):
-                s = f"_l{layer}{self.suffix(d)}"
-                shapes["weight_ih" + s] = (4 * H, self.layer_input_size(layer))
-                shapes["weight_hh" + s] = (4 * H, self.output_size)
-                if self.bias:
-                    shapes["bias_ih" + s] = (4 * H,)
-                    shapes["bias_hh" + s] = (4 * H,)
-                if P > 0:
-                    shapes["weight_hr" + s] = (P, H)
+                shapes.update((self.param_name(k, layer, d), s) for k, s in per_kind.items())
         return shapes
 
     def layer_weights(self, layer: int, direction: int):
         """``(w_ih, w_hh, b_ih, b_hh, w_hr)`` for one layer and direction; absent ones are None."""
-        s = f"_l{layer}{self.suffix(direction)}"
-        get = self._arrays.get
-        return (get("weight_ih" + s), get("weight_hh" + s), get("bias_ih" + s),
-                get("bias_hh" + s), get("weight_hr" + s))
+        return tuple(self._arrays.get(self.param_name(kind, layer, direction)) for kind in _KINDS)
+
+    def named_grads(self, per_layer) -> dict[str, np.ndarray]:
+        """Gradients under PyTorch's names, in :meth:`keys` order, from per-layer results.
+
+        Parameters
+        ----------
+        per_layer : sequence or mapping
+            ``per_layer[layer][direction] = (dw_ih, dw_hh, db, dw_hr)`` for every layer and
+            direction: ``dw_ih`` (4H, I_layer), ``dw_hh`` (4H, H_out), ``db`` (4H,) the gradient
+            of either bias (None without biases), ``dw_hr`` (P, H) (None without a projection).
+
+        Returns
+        -------
+        dict
+            ``bias_ih`` is ``db`` itself and ``bias_hh`` a copy of it; the others are the
+            arrays given.
+        """
+        out = {}
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                dw_ih, dw_hh, db, dw_hr = per_layer[layer][d]
+                parts = {"weight_ih": dw_ih, "weight_hh": dw_hh}
+                if self.bias:
+                    parts.update(bias_ih=db, bias_hh=None if db is None else db.copy())
+                if self.proj_size:
+                    parts["weight_hr"] = dw_hr
+                for kind, g in parts.items():
+                    name = self.param_name(kind, layer, d)
+                    shape = self._arrays[name].shape
+                    if getattr(g, "shape", None) != shape:
+                        got = None if g is None else getattr(g, "shape", type(g).__name__)
+                        raise ValueError(
+                            f"the gradient of {name} must have shape {shape}, got {got}")
+                    out[name] = g
+        return out
+
+    # ------------------------------------------------------------------ derived data, updates
+    @property
+    def version(self) -> int:
+        """The number of in-place changes (:meth:`update_`, :meth:`copy_`) so far; 0 when built."""
+        return self._version
+
+    def derived(self, key: Hashable, build: Callable[[], object]):
+        """Data derived from the parameters (e.g. a backend's weight layout), built once per
+        :attr:`version`.
+
+        Returns the value stored under ``key``; when there is none, calls ``build()``, stores its
+        result and returns it. Thread-safe: concurrent callers may each build, the first value
+        stored is the one every caller gets. Every in-place change empties the store; copies and
+        pickles never carry it.
+        """
+        with self._lock:
+            if key in self._derived:
+                return self._derived[key]
+            version = self._version
+        value = build()
+        with self._lock:
+            if self._version != version:  # the weights changed meanwhile: hand it out, keep nothing
+                return value
+            return self._derived.setdefault(key, value)
+
+    def update_(self, grads: Mapping, lr: float) -> "LSTMParams":
+        """One plain gradient-descent step in place: ``p -= lr * g`` for each entry of ``grads``.
+
+        Parameters
+        ----------
+        grads : mapping of str to array
+            Gradients under PyTorch's names (any subset of :meth:`keys`), each of its
+            parameter's shape; NumPy arrays or CPU tensors of any float dtype, applied in the
+            params' dtype.
+        lr : float
+            The learning rate (finite).
+
+        Returns
+        -------
+        LSTMParams
+            ``self``. The arrays are updated where they are (an array taken from the params
+            before is the updated one), :attr:`version` grows by one and derived data is dropped.
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError
+            For an unknown name, a wrong shape, a non-float array or a non-finite ``lr``; every
+            entry is checked before any array changes, so a call that raises changes nothing.
+
+        Notes
+        -----
+        Calls that read the arrays (``forward``, ``backward``) must not run on other threads
+        meanwhile.
+        """
+        if isinstance(lr, (str, bytes)) or not hasattr(lr, "__float__"):
+            raise TypeError(f"lr must be a real number, got {lr!r}")
+        lr = float(lr)
+        if not math.isfinite(lr):
+            raise ValueError(f"lr must be finite, got {lr}")
+        return self._assign(self._checked_values(grads, "grads"),
+                            lambda p, g: _subtract_scaled(p, g, lr))
+
+    def copy_(self, values: Mapping) -> "LSTMParams":
+        """Assign new values in place (e.g. a state dict, whole or in part); checked, counted and
+        applied like :meth:`update_`.
+
+        Parameters
+        ----------
+        values : mapping of str to array
+            Values under PyTorch's names (any subset of :meth:`keys`; an :class:`LSTMParams`
+            works too), each of its parameter's shape, any float dtype.
+
+        Returns
+        -------
+        LSTMParams
+            ``self``.
+        """
+        return self._assign(self._checked_values(values, "values"), np.copyto)
+
+    def _checked_values(self, values, what: str) -> dict[str, np.ndarray]:
+        if not hasattr(values, "keys"):
+            raise TypeError(f"{what} must be a mapping of parameter names to arrays, "
+                            f"got {type(values).__name__}")
+        out = {}
+        for name in values.keys():
+            if name not in self._arrays:
+                raise KeyError(f"{what}: {name!r} is not a parameter of this LSTM "
+                               f"(its parameters: {', '.join(self._arrays)})")
+            arr = _checked_array(name, values[name], self._arrays[name].shape)
+            if any(np.may_share_memory(arr, a) for a in self._arrays.values()):
+                arr = arr.copy()  # e.g. a parameter itself: read it before anything changes
+            out[name] = arr.astype(self.dtype, copy=False)
+        return out
+
+    def _assign(self, values: dict[str, np.ndarray], op) -> "LSTMParams":
+        with self._lock:
+            for name, value in values.items():
+                p = self._arrays[name]
+                p.setflags(write=True)
+                try:
+                    op(p, value)
+                finally:
+                    p.setflags(write=False)
+            self._version += 1
+            self._derived = {}
+        return self
+
+    # ------------------------------------------------------------------ copies and pickles
+    def __getstate__(self) -> dict:
+        return {"config": self.config(), "arrays": self._arrays}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["arrays"], **state["config"])
+
+    def __copy__(self) -> "LSTMParams":
+        return type(self)(self._arrays, **self.config())
+
+    def __deepcopy__(self, memo) -> "LSTMParams":
+        memo[id(self)] = new = self.__copy__()
+        return new
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -177,60 +421,82 @@ class LSTMParams:
              bidirectional: bool = False, proj_size: int = 0, dtype=np.float32,
              seed=None) -> "LSTMParams":
         """PyTorch's initialisation: every parameter ~ uniform(-1/sqrt(H), 1/sqrt(H))."""
-        dt = _normalize_dtype(dtype)
         shell = cls.__new__(cls)
-        shell.input_size = _positive_int(input_size, "input_size")
-        shell.hidden_size = _positive_int(hidden_size, "hidden_size")
-        shell.num_layers = _positive_int(num_layers, "num_layers")
-        shell.proj_size = _positive_int(proj_size, "proj_size", minimum=0)
-        shell.bias = bool(bias)
-        shell.bidirectional = bool(bidirectional)
-        if shell.proj_size >= shell.hidden_size:
-            raise ValueError(
-                f"proj_size must be smaller than hidden_size (got proj_size={shell.proj_size}, "
-                f"hidden_size={shell.hidden_size})"
-            )
+        shell._configure(input_size, hidden_size, num_layers, bias, bidirectional, proj_size, dtype)
+        dt = shell.dtype
         shapes = shell.expected_shapes()
         total = sum(math.prod(s) for s in shapes.values())
         check_allocation(total * dt.itemsize, "the parameters")
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(hidden_size)
         arrays = {name: rng.uniform(-k, k, size=shape).astype(dt) for name, shape in shapes.items()}
-        return cls(arrays, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                   bias=bias, bidirectional=bidirectional, proj_size=proj_size, dtype=dt)
+        return cls(arrays, **shell.config())
 
     @classmethod
-    def from_state_dict(cls, mapping: Mapping, dtype=None) -> "LSTMParams":
+    def from_state_dict(cls, mapping: Mapping, dtype=None, *, prefix: str = "") -> "LSTMParams":
         """Infer the configuration from PyTorch's names and shapes.
 
-        Accepts NumPy arrays or CPU torch tensors (e.g. ``torch.nn.LSTM(...).state_dict()``).
-        ``dtype`` defaults to the dtype of ``weight_ih_l0``.
+        Parameters
+        ----------
+        mapping : mapping of str to array
+            NumPy arrays or CPU torch tensors: ``torch.nn.LSTM(...).state_dict()``, or
+            ``torch.nn.LSTMCell(...).state_dict()`` (``weight_ih``, ``weight_hh``, ``bias_ih``,
+            ``bias_hh``), read as a one-layer LSTM.
+        dtype : float32 or float64, optional
+            Defaults to the dtype of ``weight_ih_l0`` (float32 unless that is float64).
+        prefix : str
+            Only keys starting with ``prefix`` are read, with it stripped; the others are
+            ignored. E.g. ``prefix="lstm."`` reads the LSTM out of a whole model's state dict.
+
+        Raises
+        ------
+        KeyError
+            No ``weight_ih_l0`` (the message names the prefix the keys carry, if they do), or
+            keys that do not match the inferred configuration.
+        ValueError
+            Shapes that are not an LSTM's (a GRU's or an RNN's state dict says so).
         """
         if not isinstance(mapping, Mapping):
-            raise TypeError(f"expected a mapping of parameter names to arrays, got {type(mapping).__name__}")
-        if "weight_ih_l0" not in mapping or "weight_hh_l0" not in mapping:
-            raise KeyError("state dict has no weight_ih_l0 / weight_hh_l0: not an LSTM state dict")
-        w_ih = _to_numpy(mapping["weight_ih_l0"], "weight_ih_l0")
-        w_hh = _to_numpy(mapping["weight_hh_l0"], "weight_hh_l0")
-        if w_ih.ndim != 2 or w_hh.ndim != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
+            raise TypeError(f"expected a mapping of parameter names to arrays, "
+                            f"got {type(mapping).__name__}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, got {type(prefix).__name__}")
+        sd = {k[len(prefix):]: v for k, v in mapping.items()
+              if isinstance(k, str) and k.startswith(prefix)} if prefix else dict(mapping)
+        if "weight_ih_l0" not in sd and "weight_ih" in sd:  # an LSTMCell
+            sd = {(k + "_l0" if k in _CELL_NAMES else k): v for k, v in sd.items()}
+        if "weight_ih_l0" not in sd or "weight_hh_l0" not in sd:
+            under = f" under prefix {prefix!r}" if prefix else ""
+            found = _prefixes(mapping.keys())
+            if found:
+                raise KeyError(f"no weight_ih_l0{under}, but the keys carry a prefix: pass "
+                               + " or ".join(f"prefix={p!r}" for p in found))
+            raise KeyError(f"state dict has no weight_ih_l0 / weight_hh_l0{under}: "
+                           f"not an LSTM state dict")
+        w_ih = to_numpy(sd["weight_ih_l0"], "weight_ih_l0")
+        w_hh = to_numpy(sd["weight_hh_l0"], "weight_hh_l0")
+        _check_recurrent_shape(w_hh.shape)
+        if w_ih.ndim != 2:
             raise ValueError(
                 f"weight_ih_l0 must have shape (4*hidden_size, input_size), got {w_ih.shape}"
             )
-        hidden = w_ih.shape[0] // 4
+        hidden = w_hh.shape[0] // 4
         layers = 0
-        while f"weight_ih_l{layers}" in mapping:
+        while f"weight_ih_l{layers}" in sd:
             layers += 1
         proj = 0
-        if "weight_hr_l0" in mapping:
-            w_hr = _to_numpy(mapping["weight_hr_l0"], "weight_hr_l0")
+        if "weight_hr_l0" in sd:
+            w_hr = to_numpy(sd["weight_hr_l0"], "weight_hr_l0")
             if w_hr.ndim != 2 or w_hr.shape[1] != hidden:
-                raise ValueError(f"weight_hr_l0 must have shape (proj_size, {hidden}), got {w_hr.shape}")
+                raise ValueError(
+                    f"weight_hr_l0 must have shape (proj_size, {hidden}), got {w_hr.shape}")
             proj = int(w_hr.shape[0])
         if dtype is None:
-            dtype = w_ih.dtype if w_ih.dtype in SUPPORTED_DTYPES else np.float32
-        return cls(dict(mapping), input_size=w_ih.shape[1], hidden_size=hidden,
-                   num_layers=layers, bias="bias_ih_l0" in mapping,
-                   bidirectional="weight_ih_l0_reverse" in mapping, proj_size=proj, dtype=dtype)
+            native = w_ih.dtype.newbyteorder("=") if w_ih.dtype.kind == "f" else w_ih.dtype
+            dtype = native if native in SUPPORTED_DTYPES else np.float32
+        return cls(sd, input_size=w_ih.shape[1], hidden_size=hidden,
+                   num_layers=layers, bias="bias_ih_l0" in sd,
+                   bidirectional="weight_ih_l0_reverse" in sd, proj_size=proj, dtype=dtype)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter as NumPy arrays under PyTorch's names, in PyTorch's order."""
@@ -251,12 +517,53 @@ class LSTMParams:
 
     @classmethod
     def load(cls, path) -> "LSTMParams":
-        with np.load(path, allow_pickle=False) as f:
+        """Read what :meth:`save` wrote, from a path or a readable binary file object.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ValueError
+            The file is not a complete file written by :meth:`save` (truncated, not an ``.npz``
+            archive, arrays missing or damaged, configuration unreadable); the message names
+            the file and what is wrong.
+        """
+        if isinstance(path, (str, os.PathLike)):
+            name = os.fspath(path)
+        else:
+            name = getattr(path, "name", repr(path))
+        unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except unreadable as exc:
+            raise ValueError(f"{name} is not a file written by LSTMParams.save: it is truncated "
+                             f"or not an .npz archive ({exc})") from exc
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError(f"{name} is not a file written by LSTMParams.save: it holds a single "
+                             f"array, not an .npz archive")
+        with f:
             if "__config__" not in f.files:
-                raise ValueError(f"{path} is not a file written by LSTMParams.save")
-            cfg = json.loads(str(f["__config__"]))
-            arrays = {k: f[k] for k in f.files if k != "__config__"}
-        return cls(arrays, **cfg)
+                raise ValueError(f"{name} is not a file written by LSTMParams.save: it has no "
+                                 f"configuration entry")
+            try:
+                text = str(f["__config__"])
+                arrays = {k: f[k] for k in f.files if k != "__config__"}
+            except unreadable as exc:
+                raise ValueError(f"{name} is damaged: an entry cannot be read ({exc})") from exc
+        try:
+            cfg = json.loads(text)
+            if not isinstance(cfg, dict):
+                raise ValueError(f"a JSON object was expected, got {type(cfg).__name__}")
+        except ValueError as exc:
+            raise ValueError(f"{name}: the stored configuration is unreadable ({exc})") from exc
+        try:
+            return cls(arrays, **cfg)
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = exc.args[0] if exc.args else repr(exc)
+            raise ValueError(f"{name}: the stored arrays and configuration do not make an "
+                             f"LSTMParams: {msg}") from exc
 
     # ------------------------------------------------------------------ mapping protocol
     def __getitem__(self, name: str) -> np.ndarray:
