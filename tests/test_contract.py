@@ -3,10 +3,7 @@ same contract, the training state flattens to arrays and ints and back, knobs co
 ``fastlstm.config``; and the rough edges of the public calls (flags, empty batches, parameters
 changed in place, first-use compilation)."""
 import ast
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -236,34 +233,7 @@ def test_copies_compute_with_their_own_weights(copier):
 
 
 # ---------------------------------------------------------------------------- first use
-_COLD = r"""
-import sys, numpy as np, fastlstm
-p = fastlstm.LSTMParams.init(3, 4, dtype=np.float64, seed=0)
-out = fastlstm.warmup(dtypes=["float64"], devices=["cpu"])
-assert set(out) == {("cpu", "float64")}, out
-x = np.random.default_rng(0).standard_normal((3, 2, 3))
-np.testing.assert_allclose(fastlstm.forward(x, p, device="cpu").y,
-                           fastlstm.forward(x, p, device="reference").y, rtol=1e-12)
-print("OK")
-"""
-
-
-def test_cold_compile_says_so_once_and_warm_start_is_silent(tmp_path):
-    """In a fresh cache the first use prints one line to stderr (and no Numba warnings); a
-    second process, with the cache warm, prints nothing."""
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    cold = subprocess.run([sys.executable, "-c", _COLD], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert cold.returncode == 0 and "OK" in cold.stdout, cold.stderr
-    assert cold.stderr.count("compiling the CPU kernels") == 1, cold.stderr
-    assert "Warning" not in cold.stderr, cold.stderr
-    warm = subprocess.run([sys.executable, "-c", _COLD], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert warm.returncode == 0 and "OK" in warm.stdout, warm.stderr
-    assert warm.stderr == "", warm.stderr
-
-
+# (the compile notice on a cold cache, and silence on a warm one: tests/test_environment.py)
 def test_warmup_rejects_unknown_devices():
     with pytest.raises(ValueError, match="devices"):
         fastlstm.warmup(devices=["tpu"])

@@ -35,11 +35,18 @@ class _Notice(event.Listener):
                     if prefix in self.said:
                         return
                     self.said.add(prefix)
+                if prefix.endswith("cpu") and _no_disk_cache():
+                    message = message.replace("cached afterwards", "no disk cache: every process")
                 print(message, file=sys.stderr, flush=True)
                 return
 
     def on_end(self, ev):
         pass
+
+
+def _no_disk_cache() -> bool:
+    from ..kernels.cpu.jit import disk_cache_disabled
+    return disk_cache_disabled()
 
 
 _listener = None

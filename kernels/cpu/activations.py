@@ -21,12 +21,27 @@ NaN propagates in both dtypes (as in torch); +-inf give +-1.
 
 ``sigmoid(z) = 0.5 * tanh(z / 2) + 0.5`` (exact algebra, never overflows) in both dtypes,
 the same formula as the NumPy reference.
+
+Choices inside the inlined loops go through ``_select`` (one LLVM ``select``) rather than
+``a if c else b``: a conditional expression leaves phi variables in an ``inline="always"``
+overload's IR, and Numba's SSA check reports them (``NumbaIRAssumptionWarning``, "variable
+... is not in scope") when the overload is inlined twice into one function, as
+``tanh_row`` is into the recurrence's cell update. The results are bitwise the same and the
+loops still vectorise.
+
+Called from Python, ``tanh``, ``sigmoid`` and ``tanh_row`` run the compiled code (the tests
+check it through them). With ``NUMBA_DISABLE_JIT=1`` (set when the kernels are imported)
+they compute with NumPy instead, so the kernels run, slowly, as plain Python: float32
+evaluates the same rational approximation in float32 (equal to the compiled results up to
+rounding), float64 uses ``np.tanh``. ``half_like`` and ``one_like`` are NumPy in both cases.
 """
 import math
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import types
+from numba.extending import intrinsic, is_jitted, overload
+
+from .jit import jit
 
 __all__ = ["tanh", "sigmoid", "tanh_row", "half_like", "one_like", "TANH_F32_MAX_ERR", "SIGMOID_F32_MAX_ERR",
            "TANH_F64_MAX_REL_ERR"]
@@ -53,12 +68,35 @@ _SAT = np.float32(9.011)
 
 
 def tanh(x):
-    """tanh in the kernels' dtype (see module docstring); callable from Python for tests."""
-    return _tanh_py(x)
+    """tanh in the kernels' dtype (see module docstring), elementwise, as an array shaped
+    like ``x``; callable from Python for tests."""
+    if _PYTHON:
+        return _numpy_apply(x, _tanh_np32, np.tanh)
+    return _apply(_tanh_array, x)
 
 
 def sigmoid(x):
-    return _sigmoid_py(x)
+    if _PYTHON:
+        return _numpy_apply(x, _sigmoid_np32, _sigmoid_np64)
+    return _apply(_sigmoid_array, x)
+
+
+@intrinsic
+def _select(typingctx, cond, a, b):
+    """``a if cond else b`` for an already computed ``a`` and ``b``, as one LLVM ``select``:
+    no branch in Numba's IR (see the module docstring)."""
+    if not isinstance(cond, types.Boolean):
+        return None
+    ty = typingctx.unify_types(a, b)
+    if ty is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        c, x, y = args
+        x = context.cast(builder, x, sig.args[1], ty)
+        y = context.cast(builder, y, sig.args[2], ty)
+        return builder.select(c, x, y)
+    return ty(cond, a, b), codegen
 
 
 @overload(tanh, inline="always")
@@ -82,8 +120,8 @@ def _tanh_ol(x):
             r = x * p / q
             # exactly +-1 where correctly rounded float32 tanh is (|x| >= 9.011): saturated
             # gates get a derivative of exactly 0, as in torch
-            r = r if abs(x0) < _SAT else (_ONE32 if x0 > 0 else -_ONE32)
-            return r if x0 == x0 else x0  # NaN in, NaN out
+            r = _select(abs(x0) < _SAT, r, _select(x0 > 0, _ONE32, -_ONE32))
+            return _select(x0 == x0, r, x0)  # NaN in, NaN out
         return impl
 
     def impl64(x):
@@ -137,6 +175,12 @@ def _one_like_ol(x):
 
 def tanh_row(x, out, scratch):
     """``out[i] = tanh(x[i])`` over 1-D rows (``out`` may be ``x``; ``scratch`` as long, distinct)."""
+    if _PYTHON:
+        if x.dtype == np.float32:
+            out[:] = _tanh_np32(x)
+        else:
+            np.tanh(x, out=out)
+        return
     _tanh_row_array(x, out, scratch)
 
 
@@ -179,38 +223,73 @@ def _tanh_row_ol(x, out, scratch):
             big = 1.0 - 2.0 / (p * scratch[i] + 1.0)
             z = xi * xi
             small = ax + ax * z * (((_P0 * z + _P1) * z + _P2) / (((z + _Q0) * z + _Q1) * z + _Q2))
-            t = small if ax < 0.625 else big
-            t = t if xi >= 0.0 else -t
-            out[i] = t if xi == xi else xi  # NaN in, NaN out
+            t = _select(ax < 0.625, small, big)
+            t = _select(xi >= 0.0, t, -t)
+            out[i] = _select(xi == xi, t, xi)  # NaN in, NaN out
     return impl64
 
 
-@njit(cache=True, error_model="numpy")
+_OPTS = dict(cache=True, error_model="numpy")
+
+
+@jit(**_OPTS)
 def _tanh_row_array(x, out, scratch):
     tanh_row(x, out, scratch)
 
 
-@njit(cache=True, error_model="numpy")
+@jit(**_OPTS)
 def _tanh_array(x, out):
     for i in range(x.size):
         out[i] = tanh(x[i])
 
 
-@njit(cache=True, error_model="numpy")
+@jit(**_OPTS)
 def _sigmoid_array(x, out):
     for i in range(x.size):
         out[i] = sigmoid(x[i])
 
 
-def _tanh_py(x):
+def _apply(kernel, x):
     a = np.ascontiguousarray(np.atleast_1d(x))
     out = np.empty_like(a)
-    _tanh_array(a.ravel(), out.ravel())
+    kernel(a.ravel(), out.ravel())
     return out.reshape(np.shape(x))
 
 
-def _sigmoid_py(x):
-    a = np.ascontiguousarray(np.atleast_1d(x))
+# With NUMBA_DISABLE_JIT=1 the helpers above are the plain Python functions, which call back
+# into the Python-level ones: those then compute with NumPy instead.
+_PYTHON = not is_jitted(_tanh_array)
+
+
+def _tanh_np32(x):
+    """The float32 approximation evaluated in float32 NumPy (``x`` a float32 array)."""
+    x0 = x
+    x = np.minimum(np.maximum(x, -_CLAMP), _CLAMP)
+    x2 = x * x
+    p = _A13
+    for a in (_A11, _A9, _A7, _A5, _A3, _A1):
+        p = p * x2 + a
+    q = _B6
+    for b in (_B4, _B2, _B0):
+        q = q * x2 + b
+    r = x * p / q
+    r = np.where(np.abs(x0) < _SAT, r, np.where(x0 > 0, _ONE32, -_ONE32))
+    return np.where(x0 == x0, r, x0)
+
+
+def _sigmoid_np32(x):
+    return _HALF32 * _tanh_np32(_HALF32 * x) + _HALF32
+
+
+def _sigmoid_np64(x):
+    return 0.5 * np.tanh(0.5 * x) + 0.5
+
+
+def _numpy_apply(x, f32, f64):
+    a = np.asarray(x)
     out = np.empty_like(a)
-    _sigmoid_array(a.ravel(), out.ravel())
-    return out.reshape(np.shape(x))
+    if a.dtype == np.float32:
+        out[...] = f32(a)
+    else:
+        out[...] = f64(a)
+    return out

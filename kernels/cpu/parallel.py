@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
-from numba import njit
+from .jit import jit
 
 __all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "split_rows",
            "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
@@ -184,19 +184,19 @@ def split_rows(B: int, parts: int) -> list[tuple[int, int]]:
     return [(edges[i], edges[i + 1]) for i in range(parts) if edges[i + 1] > edges[i]]
 
 
-@njit(cache=True, nogil=True)
+@jit(cache=True, nogil=True)
 def matmul_into(a, b, out):
     """``out = a @ b`` through SciPy's BLAS without the GIL (``a``, ``b``, ``out`` C-contiguous)."""
     np.dot(a, b, out)
 
 
-@njit(cache=True, nogil=True)
+@jit(cache=True, nogil=True)
 def matmul_tn_into(a, b, out):
     """``out = a.T @ b`` (BLAS reads ``a`` transposed in place; no copy)."""
     np.dot(a.T, b, out)
 
 
-@njit(cache=True, nogil=True)
+@jit(cache=True, nogil=True)
 def grad_gemms(dg, a, b, w_ih, dx, dw_a, dw_b):
     """One block of rows (steps x sequences) of a direction's phase 3: ``dx = dg @ W_ih``
     (skipped when ``dx`` has no rows: the recurrence computed it per step), ``dw_a = dg^T a``
@@ -209,7 +209,7 @@ def grad_gemms(dg, a, b, w_ih, dx, dw_a, dw_b):
         np.dot(dg.T, b, dw_b)
 
 
-@njit(cache=True, nogil=True)
+@jit(cache=True, nogil=True)
 def add_split(a, b, out1, out2):
     """``out1 = a[:, :n] + b[:, :n]`` and ``out2 = a[:, n:] + b[:, n:]`` (``n = out1.shape[1]``;
     all C-contiguous): two tasks' ``[dW_ih | dW_hh]`` summed into the two gradients in one

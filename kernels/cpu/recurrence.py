@@ -28,7 +28,7 @@ besides the ``[x_t | h_prev]`` rows, which the forward writes itself when asked 
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from .jit import jit
 
 from .activations import half_like, one_like, tanh_row
 
@@ -71,7 +71,7 @@ BackwardWeights = namedtuple("BackwardWeights", ["w_hh_b", "w_hr_b", "w_ih_b"])
 #: with ``w_ih_b``), ``db`` (4H,) (shape (0,): not computed).
 BackwardOut = namedtuple("BackwardOut", ["dgates", "dhp", "g0", "dh0", "dc0", "dx", "db"])
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _bdot(a, wb, zp, out, mb):
     """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks, issued in row chunks
     of ``mb`` rows; ``zp`` (n, B, N/n) is scratch. With n == 1 the products go straight into
@@ -96,7 +96,7 @@ def _bdot(a, wb, zp, out, mb):
                 ob[i * nb + q] = zb[q]
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
     """One sequence's step, row-wise so every loop vectorises.
 
@@ -127,7 +127,7 @@ def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
         hhb[j] = zb[3 * H + j] * tc[j]
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _by_length(lengths):
     """Rows in order of decreasing length (stable), the sorted lengths, and whether the order
     is the identity. At any step the sequences still running are a prefix of this order."""
@@ -140,7 +140,7 @@ def _by_length(lengths):
     return order, sorted_len, identity
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _scatter_rows(src, dst, off, order, n_act):
     """``dst[off + order[i]] = src[i]`` for the ``n_act`` running sequences (sorted rows back
     to row order), 0 for the finished rest."""
@@ -150,7 +150,7 @@ def _scatter_rows(src, dst, off, order, n_act):
         dst[off + order[i], :] = 0.0
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _active_rows(sorted_len, n_act, t):
     """How many sequences (a prefix of the sorted rows) are still running at step t."""
     B = sorted_len.shape[0]
@@ -161,7 +161,7 @@ def _active_rows(sorted_len, n_act, t):
     return n_act
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, blocks):
     """Forward through one direction of one layer for B = ``h0.shape[0]`` sequences.
 
@@ -260,7 +260,7 @@ def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, b
         c_n[order[i], :] = c[i]
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
     """One sequence's step: gate gradients (dzb: 4H) from d(h) (dhb) and the carried dc (dcb).
 
@@ -285,7 +285,7 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
         dcb[j] = dct * gf
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def recurrence_backward(dy, dy_off, b0, saved, c0, dh_n, dc_n, lengths, reverse, w, out, blocks):
     """Backward through one direction of one layer for B = ``c0.shape[0]`` sequences.
 
@@ -379,7 +379,7 @@ def recurrence_backward(dy, dy_off, b0, saved, c0, dh_n, dc_n, lengths, reverse,
         dc0[order[i], :] = dc[i]
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def stack_x_hprev(x, b0, y, y_off, h0, lengths, reverse, out):
     """The operand of a direction's weight-gradient GEMM, ``dW = dgates^T out``.
 
