@@ -35,6 +35,10 @@ class CPUConfig:
     parallel_min_rows: int = 4
     #: A parallel task runs its input projection per step inside the recurrence (item 14).
     fuse_input: bool = True
+    #: One layer, one direction, parallel path: the forward's kernels write the backward's
+    #: ``[x | h_prev]`` rows and the training state keeps them instead of x and y (item 19).
+    #: Off, the state has the same layout on every path (what a framework's reserve needs).
+    kernel_xh: bool = True
     #: A parallel task's backward computes dx per step: None = the measured rule (item 17),
     #: True / False = always / never.
     fuse_dx: bool | None = None

@@ -184,6 +184,30 @@ class LSTMParams:
         self._version = 0
         self._derived: dict = {}
 
+    @classmethod
+    def _shared(cls, arrays: Mapping[str, np.ndarray], **config) -> "LSTMParams":
+        """Parameters over the caller's arrays, without copying (for framework integrations
+        whose tensors own the weights). Each array must already be C-contiguous with the
+        configuration's shape and dtype; the views are made read-only (the memory is not). The
+        caller must treat a change of that memory as a new version (build anew)."""
+        self = cls.__new__(cls)
+        self._configure(**config)
+        expected = self.expected_shapes()
+        if set(arrays) != set(expected):
+            raise KeyError(f"parameters do not match the configuration: expected {list(expected)}")
+        self._arrays = {}
+        for name, shape in expected.items():
+            arr = np.asarray(arrays[name]).view()
+            if arr.shape != shape or arr.dtype != self.dtype or not arr.flags.c_contiguous:
+                raise ValueError(f"{name} must be a C-contiguous {self.dtype.name} array of shape "
+                                 f"{shape}, got {arr.dtype} {arr.shape}")
+            arr.setflags(write=False)
+            self._arrays[name] = arr
+        self._lock = threading.Lock()
+        self._version = 0
+        self._derived = {}
+        return self
+
     def _configure(self, input_size, hidden_size, num_layers, bias, bidirectional, proj_size,
                    dtype) -> None:
         self.input_size = _positive_int(input_size, "input_size")
@@ -584,3 +608,26 @@ class LSTMParams:
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"LSTMParams({cfg})"
+
+    # ------------------------------------------------------------------ other frameworks
+    @classmethod
+    def from_keras(cls, layer_or_weights, *, forget_bias: float | None = None,
+                   dtype=None) -> "LSTMParams":
+        """From a Keras LSTM / Bidirectional layer, a model's stacked LSTM layers, or Keras /
+        TF1 ``LSTMCell`` weight arrays: :func:`fastlstm.convert.from_keras`."""
+        from .convert import from_keras
+        return from_keras(layer_or_weights, forget_bias=forget_bias, dtype=dtype)
+
+    @classmethod
+    def from_onnx(cls, model_or_path, node=None, *, dtype=None) -> "LSTMParams":
+        """From the ``LSTM`` node(s) of an ONNX model: :func:`fastlstm.convert.from_onnx`."""
+        from .convert import from_onnx
+        return from_onnx(model_or_path, node, dtype=dtype)
+
+    def to_onnx(self, path=None, *, batch_first: bool = False, lengths: bool = False,
+                initial_state: bool = False, opset: int = 17):
+        """An ONNX model of this LSTM (one ``LSTM`` node per layer), written to ``path`` when
+        given: :func:`fastlstm.convert.to_onnx`."""
+        from .convert import to_onnx
+        return to_onnx(self, path, batch_first=batch_first, lengths=lengths,
+                       initial_state=initial_state, opset=opset)

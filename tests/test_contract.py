@@ -51,7 +51,7 @@ _FLOORS = [
     {"fastlstm.reference", "fastlstm.backends.cpu", "fastlstm.backends.cuda", "fastlstm.layout",
      "fastlstm.dispatch", "fastlstm.backends"},
     {"fastlstm.api"},
-    {"fastlstm", "fastlstm.harness"},
+    {"fastlstm", "fastlstm.harness", "fastlstm.torch"},
     {"fastlstm.cli", "fastlstm.__main__"},
 ]
 

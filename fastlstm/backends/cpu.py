@@ -307,9 +307,15 @@ def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
                        Saved(gates, cells, xh_out), L.training, Blocks(mb_hh, mb_hr, mb_ih))
 
 
-def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
-    """Multi-layer forward: ``y, h_n, c_n, state, paths`` (``state`` None unless training)."""
+def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, alloc=None):
+    """Multi-layer forward: ``y, h_n, c_n, state, paths`` (``state`` None unless training).
+
+    ``alloc(name, shape)``, optional, supplies the arrays the call keeps (C-contiguous, the
+    compute dtype, contents undefined), e.g. views of one caller-owned buffer: ``"y{l}"``
+    (T, B, D*H_out) the output of layer l, and in training ``"gates{l}.{d}"`` (T, B, 4H) and
+    ``"cells{l}.{d}"`` (T, B, H)."""
     cfg = config.current("cpu")
+    new = alloc or (lambda name, shape: np.empty(shape, params.dtype))
     T, B, _ = x.shape
     L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
     dt = params.dtype
@@ -332,12 +338,13 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False):
             xg_all = workspace("xg", (T * B, D * 4 * H), dt)
             matmul_into(layer_in.reshape(T * B, -1), prep.w_ih_cat_t, xg_all)
             xg_all = xg_all.reshape(T, B, D * 4 * H)
-        y = np.empty((T, B, D * P), dt)
-        dirs = [(np.empty((T, B, 4 * H), dt), np.empty((T, B, H), dt)) if training
-                else (empty3, empty3) for _ in range(D)]
+        y = new(f"y{layer}", (T, B, D * P))
+        dirs = [(new(f"gates{layer}.{d}", (T, B, 4 * H)), new(f"cells{layer}.{d}", (T, B, H)))
+                if training else (empty3, empty3) for d in range(D)]
         # One layer, one direction, per-step input projection: the kernels write the backward's
         # [x | h_prev] rows themselves, and the state keeps them instead of x and y (item 19)
-        own_xh = training and parallel and cfg.fuse_input and L == 1 and D == 1
+        own_xh = (training and parallel and cfg.fuse_input and cfg.kernel_xh and L == 1
+                  and D == 1)
         xhs = [np.empty((T, b1 - b0, I + P), dt) if own_xh else empty3 for _, b0, b1 in tasks]
         ctx = _ForwardLayer(cfg, params, layer, prep, layer_in, xg_all, parallel, h0, c0,
                             lengths, y, h_n, c_n, dirs, training)
