@@ -136,10 +136,9 @@ def _np(t):
 
 
 # ---------------------------------------------------------------------------- the operators
-@torch.library.custom_op("fastlstm::lstm", mutates_args=())
-def lstm_op(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor,
-            masks: torch.Tensor, weights: list[torch.Tensor], dims: list[int],
-            training: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lstm_impl(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor,
+               masks: torch.Tensor, weights: list[torch.Tensor], dims: list[int],
+               training: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     T, B, L, D, H, P = _sizes(x, weights, dims)
     if x.is_cuda:
         return _cuda_forward(x, h0, c0, lengths, masks, weights, dims, training)
@@ -164,7 +163,6 @@ def lstm_op(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.
     return y, torch.from_numpy(h), torch.from_numpy(c), reserve
 
 
-@lstm_op.register_fake
 def _lstm_fake(x, h0, c0, lengths, masks, weights, dims, training):
     T, B, L, D, H, P = _sizes(x, weights, dims)
     n = _reserve_numel(T, B, L, D, H, P) if training else 0
@@ -172,11 +170,10 @@ def _lstm_fake(x, h0, c0, lengths, masks, weights, dims, training):
             x.new_empty((n,)))
 
 
-@torch.library.custom_op("fastlstm::lstm_backward", mutates_args=())
-def lstm_backward_op(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor,
-                     masks: torch.Tensor, weights: list[torch.Tensor], dims: list[int],
-                     y: torch.Tensor, reserve: torch.Tensor, dy: torch.Tensor, dh: torch.Tensor,
-                     dc: torch.Tensor) -> list[torch.Tensor]:
+def _lstm_backward_impl(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                        lengths: torch.Tensor, masks: torch.Tensor, weights: list[torch.Tensor],
+                        dims: list[int], y: torch.Tensor, reserve: torch.Tensor,
+                        dy: torch.Tensor, dh: torch.Tensor, dc: torch.Tensor) -> list[torch.Tensor]:
     if x.is_cuda:
         return _cuda_backward(x, h0, c0, lengths, masks, weights, dims, y, reserve, dy, dh, dc)
     T, B, L, D, H, P = _sizes(x, weights, dims)
@@ -199,7 +196,6 @@ def lstm_backward_op(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, length
     return [torch.from_numpy(a) for a in (dx, dh0, dc0, *dparams.values())]
 
 
-@lstm_backward_op.register_fake
 def _lstm_backward_fake(x, h0, c0, lengths, masks, weights, dims, y, reserve, dy, dh, dc):
     return [torch.empty_like(a) for a in (x, h0, c0, *weights)]
 
@@ -219,12 +215,9 @@ def _backward(ctx, gy, gh, gc, _greserve):
     gy = torch.zeros_like(y) if gy is None else gy.contiguous()
     gh = torch.zeros_like(h0) if gh is None else gh.contiguous()
     gc = torch.zeros_like(c0) if gc is None else gc.contiguous()
-    dx, dh0, dc0, *dw = torch.ops.fastlstm.lstm_backward(x, h0, c0, lengths, masks, weights,
-                                                         ctx.dims, y, reserve, gy, gh, gc)
+    dx, dh0, dc0, *dw = _lstm_backward(x, h0, c0, lengths, masks, weights, ctx.dims, y, reserve,
+                                       gy, gh, gc)
     return dx, dh0, dc0, None, None, list(dw), None, None
-
-
-lstm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _no_double_backward(ctx, *grads):
@@ -235,7 +228,38 @@ def _no_context(ctx, inputs, output):
     pass
 
 
-lstm_backward_op.register_autograd(_no_double_backward, setup_context=_no_context)
+#: Whether the operators are ``torch.library`` custom ops (torch >= 2.4: traceable by
+#: ``torch.compile``) or, on older torch, an ``autograd.Function`` (eager only).
+CUSTOM_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
+
+if CUSTOM_OPS:
+    lstm_op = torch.library.custom_op("fastlstm::lstm", mutates_args=())(_lstm_impl)
+    lstm_op.register_fake(_lstm_fake)
+    lstm_backward_op = torch.library.custom_op("fastlstm::lstm_backward",
+                                               mutates_args=())(_lstm_backward_impl)
+    lstm_backward_op.register_fake(_lstm_backward_fake)
+    lstm_op.register_autograd(_backward, setup_context=_setup_context)
+    lstm_backward_op.register_autograd(_no_double_backward, setup_context=_no_context)
+    _lstm, _lstm_backward = lstm_op, lstm_backward_op
+else:
+    class _LSTMFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, h0, c0, lengths, masks, dims, training, *weights):
+            with torch.no_grad():
+                out = _lstm_impl(x, h0, c0, lengths, masks, list(weights), dims, training)
+            _setup_context(ctx, (x, h0, c0, lengths, masks, list(weights), dims, training), out)
+            return out
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, gy, gh, gc, greserve):
+            dx, dh0, dc0, _, _, dw, _, _ = _backward(ctx, gy, gh, gc, greserve)
+            return (dx, dh0, dc0, None, None, None, None, *dw)
+
+    def _lstm(x, h0, c0, lengths, masks, weights, dims, training):
+        return _LSTMFunction.apply(x, h0, c0, lengths, masks, dims, training, *weights)
+
+    _lstm_backward = _lstm_backward_impl
 
 
 # ---------------------------------------------------------------------------- CUDA
@@ -320,7 +344,7 @@ def _run(weights, dims, x, h0, c0, lengths, masks):
     need = torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad
                                         or c0.requires_grad
                                         or any(w.requires_grad for w in weights))
-    y, h, c, _ = torch.ops.fastlstm.lstm(x, h0, c0, lengths, masks, weights, dims, need)
+    y, h, c, _ = _lstm(x, h0, c0, lengths, masks, weights, dims, need)
     return y, h, c
 
 

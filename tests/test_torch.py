@@ -93,6 +93,35 @@ def test_gradcheck_float64(L, bi, proj, packed, hx):
     assert torch.autograd.gradcheck(f, (x, h0, c0, *ps), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+_OLD_TORCH = r"""
+import torch
+del torch.library.custom_op  # as on torch < 2.4
+import numpy as np
+import fastlstm.torch as flt
+assert not flt.CUSTOM_OPS
+torch.manual_seed(0)
+ref = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True).double()
+m = flt.from_torch(ref)
+x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+for mod in (ref, m):
+    x.grad = None
+    y, (h, c) = mod(x)
+    (y.pow(2).sum() + h.sum()).backward()
+    print(float(y.detach().norm()), float(x.grad.norm()), float(ref.weight_ih_l1.grad.norm()))
+"""
+
+
+def test_autograd_function_path_for_older_torch():
+    """Without torch.library.custom_op the modules run through an autograd.Function."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _OLD_TORCH], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    a, b = (np.array(line.split(), float) for line in r.stdout.split("\n")[:2])
+    np.testing.assert_allclose(b[:2], a[:2], rtol=1e-10)
+
+
 def test_double_backward_is_a_clear_error():
     _, m = _pair(input_size=2, hidden_size=3)
     x = torch.randn(3, 2, 2, dtype=F64, requires_grad=True)
