@@ -6,11 +6,11 @@ float32; modes ``infer`` (forward, training=False) and ``fwd_bwd`` (training for
 
 Backends:
 
-``cuda``             fastlstm, device arrays in and out, ``RECURRENCE="auto"`` (persistent kernel
+``cuda``             fastlstm, device arrays in and out, ``recurrence="auto"`` (persistent kernel
                      for small-batch inference when it fits), default GEMM (cuBLAS via CuPy when
                      installed, else the numba tiled GEMM; recorded as ``gemm`` in extra_info)
-``cuda-multi``       fastlstm with the multi-launch recurrence forced (infer only: shows what the
-                     persistent kernel buys)
+``cuda-multi``       fastlstm with ``recurrence="multi"`` forced (``fastlstm.config``; infer
+                     only: what the persistent kernel buys)
 ``torch-cudnn``      ``torch.nn.LSTM`` on the GPU, ``torch.backends.cudnn.allow_tf32 = False``
 ``torch-cudnn-tf32`` the same with TF32 allowed (torch's default for cuDNN)
 ``cpu``              fastlstm's CPU backend (host arrays); skipped above ``CPU_MAX_GFLOP``
@@ -27,7 +27,10 @@ import os
 import numpy as np
 import pytest
 
-from .cases import FORWARD_KEYS, Case, compare_outputs, make_runner, reference_outputs
+from fastlstm import config
+
+from .cases import (FORWARD_KEYS, Case, FastLSTMRunner, TorchRunner, compare_outputs, make_runner,
+                    reference_outputs)
 
 
 def _no_gpu_reason():
@@ -39,7 +42,7 @@ def _no_gpu_reason():
         return "numba-cuda is not installed"
     try:
         if not cuda.is_available():
-            return "no CUDA GPU"
+            return "no usable CUDA GPU (numba.cuda.is_available() is False)"
     except Exception as exc:  # pragma: no cover
         return f"CUDA is not usable: {exc}"
     return None
@@ -79,92 +82,17 @@ def _reference(case: Case):
     return _REF[c.name]
 
 
-def _host(a):
-    if hasattr(a, "copy_to_host"):
-        return a.copy_to_host()
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
-
-
-class CudaRunner:
-    """fastlstm on the GPU with device-resident inputs; each call ends with a synchronisation."""
+class CudaRunner(FastLSTMRunner):
+    """fastlstm on the GPU with device-resident inputs (each call ends with a synchronisation),
+    with the recurrence path ``recurrence`` ("auto" or "multi") in force during the call."""
 
     def __init__(self, case, mode, inputs, recurrence="auto"):
-        from numba import cuda
-
-        import fastlstm
-        from fastlstm.kernels.cuda import lstm
-        self.cuda, self.fl, self.lstm = cuda, fastlstm, lstm
-        self.mode, self.recurrence, self.params = mode, recurrence, inputs.params
-        d = cuda.to_device
-        self.x, self.h0, self.c0 = d(inputs.x), d(inputs.h0), d(inputs.c0)
-        self.dy, self.dh, self.dc = d(inputs.dy), d(inputs.dh), d(inputs.dc)
-        self.lengths = inputs.lengths
+        super().__init__(case, mode, "cuda", inputs, resident=True)
+        self.recurrence = recurrence
 
     def __call__(self):
-        saved = self.lstm.RECURRENCE
-        self.lstm.RECURRENCE = self.recurrence
-        try:
-            r = self.fl.forward(self.x, self.params, self.h0, self.c0, lengths=self.lengths,
-                                training=self.mode != "infer", device="cuda")
-            g = self.fl.backward(r.cache, self.dy, self.dh, self.dc) if self.mode == "fwd_bwd" else None
-            self.cuda.synchronize()
-        finally:
-            self.lstm.RECURRENCE = saved
-        return r, g
-
-    def outputs(self, ret):
-        r, g = ret
-        out = {"y": _host(r.y), "h": _host(r.h), "c": _host(r.c)}
-        if g is not None:
-            out.update(dx=_host(g.dx), dh0=_host(g.dh0), dc0=_host(g.dc0))
-            out.update({"d" + k: v for k, v in g.dparams.items()})
-        return out
-
-
-class TorchCudaRunner:
-    """``torch.nn.LSTM`` (cuDNN) on the GPU with the case's weights."""
-
-    def __init__(self, case, mode, inputs, tf32):
-        import torch
-        self.torch, self.mode, self.tf32 = torch, mode, tf32
-        dev = torch.device("cuda")
-        self.lstm = torch.nn.LSTM(case.I, case.H, case.num_layers, bidirectional=case.bidirectional,
-                                  proj_size=case.proj_size).to(dev)
-        self.lstm.load_state_dict({k: torch.tensor(v) for k, v in inputs.params.state_dict().items()})
-        self.lstm.train(mode != "infer")
-        t = lambda a: torch.tensor(a, device=dev)  # noqa: E731
-        self.x, self.h0, self.c0 = t(inputs.x), t(inputs.h0), t(inputs.c0)
-        self.dy, self.dh, self.dc = t(inputs.dy), t(inputs.dh), t(inputs.dc)
-        if inputs.lengths is not None:
-            raise ValueError("this suite has no variable-length cases")
-
-    def __call__(self):
-        torch = self.torch
-        torch.backends.cudnn.allow_tf32 = self.tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.tf32
-        if self.mode == "infer":
-            with torch.inference_mode():
-                y, (h, c) = self.lstm(self.x, (self.h0, self.c0))
-            torch.cuda.synchronize()
-            return y, h, c, None
-        for p in self.lstm.parameters():
-            p.grad = None
-        leaves = tuple(a.detach().requires_grad_(True) for a in (self.x, self.h0, self.c0))
-        y, (h, c) = self.lstm(leaves[0], (leaves[1], leaves[2]))
-        torch.autograd.backward([y, h, c], [self.dy, self.dh, self.dc])
-        torch.cuda.synchronize()
-        return y, h, c, leaves
-
-    def outputs(self, ret):
-        y, h, c, leaves = ret
-        out = {"y": _host(y), "h": _host(h), "c": _host(c)}
-        if leaves is not None:
-            x, h0, c0 = leaves
-            out.update(dx=_host(x.grad), dh0=_host(h0.grad), dc0=_host(c0.grad))
-            out.update({"d" + k: _host(p.grad) for k, p in self.lstm.named_parameters()})
-        return out
+        with config.options("cuda", recurrence=self.recurrence):
+            return super().__call__()
 
 
 def _runner(case, mode, backend, inputs):
@@ -173,11 +101,12 @@ def _runner(case, mode, backend, inputs):
     if backend == "cuda-multi":
         return CudaRunner(case, mode, inputs, "multi")
     if backend.startswith("torch-cudnn"):
-        pytest.importorskip("torch")
+        pytest.importorskip("torch", reason="torch is not installed")
         import torch
         if not torch.cuda.is_available():
-            pytest.skip("torch has no CUDA here")
-        return TorchCudaRunner(case, mode, inputs, tf32=backend.endswith("tf32"))
+            pytest.skip("torch cannot use a GPU here (torch.cuda.is_available() is False: a "
+                        "CPU-only build of torch, or no driver)")
+        return TorchRunner(mode, inputs, device="cuda", tf32=backend.endswith("tf32"))
     if backend == "cpu":
         return make_runner(case, mode, "cpu", inputs)
     raise ValueError(backend)
@@ -186,7 +115,8 @@ def _runner(case, mode, backend, inputs):
 @pytest.mark.parametrize("case, mode, backend", PARAMS)
 def test_cuda_lstm(benchmark, bench_timer, case, mode, backend):
     if backend == "cpu" and case.gflop(mode) > CPU_MAX_GFLOP:
-        pytest.skip(f"cpu backend: {case.gflop(mode):.0f} GFLOP per call is above CPU_MAX_GFLOP")
+        pytest.skip(f"cpu backend: {case.gflop(mode):.0f} GFLOP per call is above CPU_MAX_GFLOP "
+                    f"({CPU_MAX_GFLOP:.0f}): too slow to time")
     # correctness first, on the same configuration with T = CHECK_T
     check_inputs, ref = _reference(case)
     small = _runner(_check_case(case), mode, backend, check_inputs)
@@ -204,9 +134,10 @@ def test_cuda_lstm(benchmark, bench_timer, case, mode, backend):
                  max_fwd_err=max(v for k, v in errs.items() if k in FORWARD_KEYS),
                  max_grad_err=max((v for k, v in errs.items() if k not in FORWARD_KEYS), default=0.0))
     if backend.startswith("cuda"):
-        from fastlstm.kernels.cuda import gemm, lstm
-        runner()  # warm: compiles, uploads weights, records the path taken
-        extra.update(gemm=gemm.backend(), recurrence=",".join(lstm.last_paths))
+        from fastlstm.kernels.cuda import gemm
+        result, _ = runner()  # warm: compiles, uploads weights; the result names the path taken
+        extra.update(gemm=gemm.resolve(config.current("cuda").gemm),
+                     recurrence=",".join(result.paths))
     benchmark.group = f"{case.name}-{mode}"
     benchmark.extra_info.update(extra)
     bench_timer.run(benchmark, runner, case.gflop(mode))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from fastlstm import reference
-from fastlstm.kernels.cpu import lstm as cpu_lstm
-from fastlstm.kernels.cpu.recurrence import recurrence_forward
+from fastlstm.backends import cpu as cpu_backend
+from fastlstm.kernels.cpu import recurrence as cpu_rec
 from fastlstm.testing import assert_close
 
 from .cases import CASES
@@ -50,16 +50,21 @@ def test_recurrence_forward(benchmark, bench_timer, case, backend):
 
     w_hh_t = np.ascontiguousarray(w_hh.T)
     w_hr_t = np.ascontiguousarray(w_hr.T) if w_hr is not None else np.empty((0, 0), dt)
-    w_hh_tb, mb_hh = cpu_lstm.col_blocks(params, ("bench_w_hh_t",), w_hh_t, B)
-    w_hr_tb, mb_hr = cpu_lstm.col_blocks(params, ("bench_w_hr_t",), w_hr_t, B)
+    w_hh_tb, mb_hh = cpu_backend.col_blocks(params, ("bench_w_hh_t",), w_hh_t, B)
+    w_hr_tb, mb_hr = cpu_backend.col_blocks(params, ("bench_w_hr_t",), w_hr_t, B)
     e3 = np.empty((0, 0, 0), dt)
     y = np.empty((T, B, P), dt)
     h_n = np.empty((B, P), dt)
     c_n = np.empty((B, H), dt)
+    step_input = cpu_rec.StepInput(xg, 0, e3, e3, 0)  # the projection precomputed
+    weights = cpu_rec.ForwardWeights(bias, w_hh_tb, w_hr_tb)
+    out = cpu_rec.ForwardOut(y, 0, 0, h_n, c_n)
+    saved = cpu_rec.Saved(e3, e3, e3)  # inference: nothing saved
+    blocks = cpu_rec.Blocks(mb_hh, mb_hr, 1)
 
     def run_cpu():
-        recurrence_forward(xg, 0, 0, bias, w_hh_tb, w_hr_tb, h0, c0, lengths, False, y, 0, 0,
-                           h_n, c_n, e3, e3, False, mb_hh, mb_hr, e3, e3, 1, e3)
+        cpu_rec.recurrence_forward(step_input, weights, h0, c0, lengths, False, out, saved, False,
+                                   blocks)
         return y, h_n, c_n
 
     run = run_cpu if backend == "cpu" else run_reference

@@ -1,7 +1,9 @@
-"""The benchmark case registry, shared by the benchmarks, the tests and ``python -m fastlstm``.
+"""The benchmark case registry and runners, shared by the benchmarks, the tests and
+``python -m fastlstm``.
 
-The definitions live in :mod:`fastlstm.bench` (inside the installed package, so the command-line
-tool has them without this checkout); this module is the name the suites import them by.
+The definitions live in :mod:`fastlstm.harness` (inside the installed package, so the
+command-line tool has them without this checkout); this module is the name the suites import
+them by.
 
     Case(name, T, B, I, H, num_layers=1, bidirectional=False, proj_size=0, lengths=False,
          dtype="float32", quick=False)
@@ -10,9 +12,10 @@ tool has them without this checkout); this module is the name the suites import 
                               direction (+ 2*N*H*P with a projection), N = valid steps x batch;
                               backward = 2 x forward; fwd_bwd = 3 x forward
 """
-from fastlstm.bench import (BACKENDS, CASES, CHECK_CASES, FORWARD_KEYS, MODES, QUICK, Case, Inputs,  # noqa: F401
-                            available_backends, compare_outputs, expected_keys, get_case,
-                            make_runner, reference_outputs, torch_available)
+from fastlstm.harness import (BACKENDS, CASES, CHECK_CASES, FORWARD_KEYS, MODES, QUICK,  # noqa: F401
+                              Case, FastLSTMRunner, Inputs, TorchRunner, available_backends,
+                              compare_outputs, expected_keys, get_case, make_runner,
+                              reference_outputs, torch_available)
 
 #: What bench/bench_lstm.py times (the CUDA backend has its own suite, bench/bench_cuda.py).
 BENCH_BACKENDS = ("reference", "cpu", "torch")

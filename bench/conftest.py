@@ -50,7 +50,7 @@ def pytest_collect_file(file_path, parent):
 @pytest.fixture(scope="session")
 def torch_threads():
     """Torch gets the thread count the CPU backend uses (Numba's), or None without torch."""
-    from fastlstm.bench import default_torch_threads, torch_available
+    from fastlstm.harness import default_torch_threads, torch_available
     if not torch_available():
         return None
     import torch
@@ -62,7 +62,7 @@ def torch_threads():
 @pytest.fixture(scope="session")
 def oracle():
     """``oracle(case) -> (inputs, reference outputs)``, computed once per case per session."""
-    from fastlstm.bench import reference_outputs
+    from fastlstm.harness import reference_outputs
     memo = {}
 
     def get(case):

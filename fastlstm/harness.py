@@ -1,8 +1,13 @@
-"""Benchmark cases and runners, shared by ``bench/`` (pytest-benchmark), the tests and
-``python -m fastlstm``.
+"""The benchmark and check harness: cases, runners, output comparison and timing, shared by
+the command line (:mod:`fastlstm.cli`), the pytest-benchmark suite (``bench/``), the CI scripts
+(``ci/``) and the tests.
 
 The case registry lives here, inside the installed package, so that the command-line tool works
-from a wheel; ``bench/cases.py`` re-exports it for the pytest-benchmark suite.
+from a wheel; ``bench/cases.py`` re-exports it for the pytest-benchmark suite. The runners call
+the public API only (``fastlstm.forward``, ``fastlstm.backward``, ``fastlstm.LSTMParams``,
+``fastlstm.available_devices``, ``fastlstm.testing``); results become NumPy arrays through
+``fastlstm._coerce.to_numpy``, and a missing GPU is explained by
+``fastlstm.dispatch.cuda_unavailable_reason``.
 
 A :class:`Case` is one LSTM configuration. A *mode* is what one timed call does:
 
@@ -10,8 +15,9 @@ A :class:`Case` is one LSTM configuration. A *mode* is what one timed call does:
 ``train_fwd``  ``forward(..., training=True)`` (saves what backward needs)
 ``fwd_bwd``    a training forward followed by ``backward(cache, dy, dh, dc)``
 
-A *backend* is ``reference``, ``cpu``, ``cuda`` (fastlstm devices) or ``torch``
-(``torch.nn.LSTM`` with the same weights, packed sequences for variable lengths).
+A *backend* is ``reference``, ``cpu``, ``cuda`` (fastlstm devices, :class:`FastLSTMRunner`) or
+``torch`` (``torch.nn.LSTM`` with the same weights, packed sequences for variable lengths,
+:class:`TorchRunner`: the one place the package drives torch's LSTM).
 
 Useful FLOPs of a call (:meth:`Case.flops`), counting a multiply-add as 2 and ignoring pointwise
 work (activations, cell update: O(T*B*H), negligible beside the products)::
@@ -27,6 +33,7 @@ work (activations, cell update: O(T*B*H), negligible beside the products)::
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 import time
 import warnings
@@ -35,26 +42,50 @@ from typing import Callable
 
 import numpy as np
 
+from ._coerce import to_numpy
+
 MODES = ("infer", "train_fwd", "fwd_bwd")
 BACKENDS = ("reference", "cpu", "cuda", "torch")
 FORWARD_KEYS = ("y", "h", "c")
+STATE_GRAD_KEYS = ("dx", "dh0", "dc0")
+#: Timings of one backend whose slowest round is more than this many times its fastest are
+#: flagged as unreliable (a busy machine, frequency scaling, swapping).
+UNRELIABLE_SPREAD = 2.0
+#: A 1-minute load average above this fraction of the usable CPUs, before a run starts, means
+#: other processes compete for the cores the timed calls' threads need.
+BUSY_LOAD = 0.5
 
-__all__ = ["Case", "Inputs", "CASES", "QUICK", "CHECK_CASES", "MODES", "BACKENDS", "get_case",
-           "available_backends", "torch_available", "make_runner", "reference_outputs",
-           "compare_outputs", "time_backends", "measure_sgemm", "supports"]
+__all__ = ["Case", "Inputs", "CASES", "QUICK", "CHECK_CASES", "MODES", "BACKENDS", "FORWARD_KEYS",
+           "get_case", "available_backends", "unavailable_reason", "torch_available", "supports",
+           "FastLSTMRunner", "TorchRunner", "make_runner", "host_array", "param_grads",
+           "reference_outputs", "expected_keys", "compare_outputs", "max_errors",
+           "time_backends", "Spread", "spread", "is_unreliable", "UNRELIABLE_SPREAD", "BUSY_LOAD",
+           "machine_load", "median", "measure_sgemm", "default_torch_threads"]
 
 
 @dataclass
 class Inputs:
-    """Everything one call needs, time-major. ``lengths`` is None for full-length sequences."""
+    """Everything one call needs, time-major. ``lengths`` is None for full-length sequences;
+    the output gradients ``dy``, ``dh``, ``dc`` may be None where only forwards run."""
     params: object          # fastlstm.LSTMParams
     x: np.ndarray           # (T, B, I)
     h0: np.ndarray          # (L*D, B, H_out)
     c0: np.ndarray          # (L*D, B, H)
     lengths: np.ndarray | None  # (B,) int64
-    dy: np.ndarray          # (T, B, D*H_out)
-    dh: np.ndarray          # (L*D, B, H_out)
-    dc: np.ndarray          # (L*D, B, H)
+    dy: np.ndarray | None   # (T, B, D*H_out)
+    dh: np.ndarray | None   # (L*D, B, H_out)
+    dc: np.ndarray | None   # (L*D, B, H)
+
+    @classmethod
+    def for_forward(cls, params, x, h0=None, c0=None, lengths=None) -> "Inputs":
+        """Inputs of forward-only calls (``infer``, ``train_fwd``) on time-major ``x``:
+        zero initial states where none are given, no output gradients."""
+        LD, B = params.num_layers * params.num_directions, x.shape[1]
+        if h0 is None:
+            h0 = np.zeros((LD, B, params.output_size), params.dtype)
+        if c0 is None:
+            c0 = np.zeros((LD, B, params.hidden_size), params.dtype)
+        return cls(params, x, h0, c0, lengths, None, None, None)
 
 
 @dataclass(frozen=True)
@@ -141,7 +172,7 @@ class Case:
 
     # ------------------------------------------------------------------ inputs
     def make_params(self, seed: int = 0):
-        from .params import LSTMParams
+        from . import LSTMParams
         return LSTMParams.init(self.I, self.H, self.num_layers, bidirectional=self.bidirectional,
                                proj_size=self.proj_size, dtype=self.np_dtype, seed=seed)
 
@@ -231,11 +262,25 @@ def torch_available() -> bool:
 
 def available_backends() -> list[str]:
     """reference, cpu, cuda (with a usable GPU) and torch (when installed), in that order."""
-    from .dispatch import available_devices
-    out = list(available_devices())
+    import fastlstm
+    out = list(fastlstm.available_devices())
     if torch_available():
         out.append("torch")
     return out
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """None when ``backend`` can run here, else a sentence saying why it cannot."""
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}"
+    if backend in available_backends():
+        return None
+    if backend == "cuda":
+        from .dispatch import cuda_unavailable_reason
+        return cuda_unavailable_reason() or "no usable CUDA GPU"
+    if backend == "torch":
+        return "torch is not installed (pip install torch)"
+    return f"backend {backend!r} is not available (is it installed?)"
 
 
 def supports(backend: str, case: Case) -> str | None:
@@ -245,93 +290,167 @@ def supports(backend: str, case: Case) -> str | None:
     return None
 
 
-def _to_numpy(a) -> np.ndarray:
-    if hasattr(a, "copy_to_host"):
-        return a.copy_to_host()
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    if hasattr(a, "get") and not isinstance(a, np.ndarray):  # CuPy
-        return a.get()
-    return np.asarray(a)
+def host_array(a, name: str = "array") -> np.ndarray:
+    """A NumPy array of a result: GPU arrays (numba device arrays, CuPy) are copied to the host
+    first; everything else, torch tensors on any device included, goes through
+    :func:`fastlstm._coerce.to_numpy`."""
+    if hasattr(a, "copy_to_host"):  # numba device array
+        a = a.copy_to_host()
+    elif hasattr(a, "__cuda_array_interface__") and hasattr(a, "get") and not hasattr(a, "detach"):
+        a = a.get()  # CuPy
+    return to_numpy(a, name)
 
 
-class _FastLSTMRunner:
-    """A fastlstm device (reference, cpu, cuda). Calling it performs the timed work."""
+def param_grads(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parameter gradients of a runner's outputs, under the parameters' own names."""
+    skip = set(FORWARD_KEYS) | set(STATE_GRAD_KEYS)
+    return {k[1:]: v for k, v in out.items() if k not in skip and k.startswith("d")}
 
-    def __init__(self, case: Case, mode: str, device: str, inputs: Inputs):
+
+def _check_call(mode: str, inputs: Inputs) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode == "fwd_bwd" and any(g is None for g in (inputs.dy, inputs.dh, inputs.dc)):
+        raise ValueError("mode 'fwd_bwd' needs inputs with dy, dh and dc")
+
+
+class FastLSTMRunner:
+    """One call of ``mode`` on a fastlstm device (reference, cpu, cuda); calling the runner
+    performs exactly the work that is timed.
+
+    ``resident=True`` (``cuda`` only) copies the inputs to the GPU once, so calls take and return
+    GPU arrays, and synchronises the device after each call; otherwise host arrays go in and
+    out (for ``cuda``, the copies over and back are part of the call).
+    """
+
+    def __init__(self, case: Case, mode: str, device: str, inputs: Inputs, *,
+                 resident: bool = False):
         import fastlstm
+        _check_call(mode, inputs)
+        if resident and device != "cuda":
+            raise ValueError("resident=True needs device='cuda'")
         self._fl = fastlstm
         self.case, self.mode, self.device, self.inp = case, mode, device, inputs
+        self._sync = None
+        arrays = dict(x=inputs.x, h0=inputs.h0, c0=inputs.c0, dy=inputs.dy, dh=inputs.dh,
+                      dc=inputs.dc)
+        if resident:
+            from numba import cuda
+            arrays = {k: None if v is None else cuda.to_device(np.ascontiguousarray(v))
+                      for k, v in arrays.items()}
+            self._sync = cuda.synchronize
+        self._a = arrays
 
     def __call__(self):
-        fl, inp = self._fl, self.inp
-        r = fl.forward(inp.x, inp.params, inp.h0, inp.c0, lengths=inp.lengths,
+        fl, a, inp = self._fl, self._a, self.inp
+        r = fl.forward(a["x"], inp.params, a["h0"], a["c0"], lengths=inp.lengths,
                        training=self.mode != "infer", device=self.device)
-        g = fl.backward(r.cache, inp.dy, inp.dh, inp.dc) if self.mode == "fwd_bwd" else None
+        g = fl.backward(r.cache, a["dy"], a["dh"], a["dc"]) if self.mode == "fwd_bwd" else None
+        if self._sync is not None:
+            self._sync()
         return r, g
 
     def outputs(self, ret) -> dict[str, np.ndarray]:
+        """y, h, c (and dx, dh0, dc0, d<param name> for fwd_bwd) as NumPy arrays, time-major."""
         r, g = ret
-        out = {"y": _to_numpy(r.y), "h": _to_numpy(r.h), "c": _to_numpy(r.c)}
+        out = {k: host_array(getattr(r, k), k) for k in FORWARD_KEYS}
         if g is not None:
-            out.update(dx=_to_numpy(g.dx), dh0=_to_numpy(g.dh0), dc0=_to_numpy(g.dc0))
-            out.update({"d" + k: _to_numpy(v) for k, v in g.dparams.items()})
+            out.update({k: host_array(getattr(g, k), k) for k in STATE_GRAD_KEYS})
+            out.update({"d" + k: host_array(v, k) for k, v in g.dparams.items()})
         return out
 
 
-class _TorchRunner:
-    """``torch.nn.LSTM`` with the case's weights; packed sequences for variable lengths."""
+class TorchRunner:
+    """``torch.nn.LSTM`` with the weights of ``inputs.params`` (its configuration: layers,
+    directions, projection, bias, dtype): the one place the package drives torch's LSTM.
 
-    def __init__(self, case: Case, mode: str, inputs: Inputs, threads: int | None = None):
+    Variable lengths go through ``pack_padded_sequence`` / ``pad_packed_sequence(total_length=T)``.
+    ``train_fwd`` and ``fwd_bwd`` make ``x``, ``h0`` and ``c0`` autograd leaves; ``fwd_bwd`` then
+    back-propagates ``dy``, ``dh`` and ``dc`` (the gradient of ``sum(y*dy) + sum(h*dh) +
+    sum(c*dc)``). ``batch_first=True`` builds the module with ``batch_first`` and feeds it
+    batch-first ``x`` and ``dy``; :meth:`outputs` are time-major either way. ``device="cuda"``
+    runs on the GPU (inputs copied there once; every call ends with a synchronisation), with
+    TF32 products allowed only when ``tf32=True``. ``threads`` sets torch's thread count.
+    """
+
+    def __init__(self, mode: str, inputs: Inputs, *, threads: int | None = None,
+                 batch_first: bool = False, device: str = "cpu", tf32: bool = False):
         import torch
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        _check_call(mode, inputs)
         self.torch = torch
         self._pack, self._pad = pack_padded_sequence, pad_packed_sequence
         if threads is not None:
             torch.set_num_threads(threads)
-        tdt = {"float32": torch.float32, "float64": torch.float64}[case.dtype]
-        self.case, self.mode = case, mode
-        self.lstm = torch.nn.LSTM(case.I, case.H, case.num_layers, bias=True,
-                                  bidirectional=case.bidirectional, proj_size=case.proj_size,
-                                  dtype=tdt)
+        p = inputs.params
+        dev = torch.device(device)
+        self.mode, self.batch_first, self.tf32 = mode, batch_first, tf32
+        self.cuda = dev.type == "cuda"
+        self.T = inputs.x.shape[0]
+        tdt = getattr(torch, p.dtype.name)
+        self.lstm = torch.nn.LSTM(p.input_size, p.hidden_size, p.num_layers, bias=p.bias,
+                                  batch_first=batch_first, bidirectional=p.bidirectional,
+                                  proj_size=p.proj_size, dtype=tdt, device=dev)
         # torch falls back from oneDNN for projections and says so once per process; noise here.
         warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
-        self.lstm.load_state_dict({k: torch.tensor(v) for k, v in inputs.params.state_dict().items()})
+        self.lstm.load_state_dict({k: torch.tensor(v) for k, v in p.state_dict().items()})
         self.lstm.train(mode != "infer")
-        t = lambda a: torch.tensor(a)  # noqa: E731  (copies: the inputs stay NumPy-owned)
-        self.x, self.h0, self.c0 = t(inputs.x), t(inputs.h0), t(inputs.c0)
-        self.dy, self.dh, self.dc = t(inputs.dy), t(inputs.dh), t(inputs.dc)
-        self.lengths = None if inputs.lengths is None else torch.as_tensor(inputs.lengths)
+
+        def bf(a):  # time-major -> the module's layout
+            return a.swapaxes(0, 1) if batch_first else a
+
+        def t(a):  # copies: the inputs stay NumPy-owned
+            return None if a is None else torch.tensor(np.ascontiguousarray(a), dtype=tdt,
+                                                       device=dev)
+
+        self.x, self.h0, self.c0 = t(bf(inputs.x)), t(inputs.h0), t(inputs.c0)
+        self.dy = None if inputs.dy is None else t(bf(inputs.dy))
+        self.dh, self.dc = t(inputs.dh), t(inputs.dc)
+        self.lengths = None if inputs.lengths is None else torch.as_tensor(
+            np.asarray(inputs.lengths, np.int64))  # on the host, as packing wants
 
     def _forward(self, x, h0, c0):
         if self.lengths is None:
             y, (h, c) = self.lstm(x, (h0, c0))
             return y, h, c
-        packed = self._pack(x, self.lengths, enforce_sorted=False)
+        packed = self._pack(x, self.lengths, batch_first=self.batch_first, enforce_sorted=False)
         out, (h, c) = self.lstm(packed, (h0, c0))
-        y, _ = self._pad(out, total_length=self.case.T)
+        y, _ = self._pad(out, batch_first=self.batch_first, total_length=self.T)
         return y, h, c
 
     def __call__(self):
         torch = self.torch
+        if self.cuda:
+            torch.backends.cudnn.allow_tf32 = self.tf32
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
         if self.mode == "infer":
             with torch.inference_mode():
-                return self._forward(self.x, self.h0, self.c0) + (None,)
-        for p in self.lstm.parameters():
-            p.grad = None
-        leaves = tuple(a.detach().requires_grad_(True) for a in (self.x, self.h0, self.c0))
-        y, h, c = self._forward(*leaves)
-        if self.mode == "fwd_bwd":
-            torch.autograd.backward([y, h, c], [self.dy, self.dh, self.dc])
-        return y, h, c, leaves
+                ret = self._forward(self.x, self.h0, self.c0) + (None,)
+        else:
+            for p in self.lstm.parameters():
+                p.grad = None
+            leaves = tuple(a.detach().requires_grad_(True) for a in (self.x, self.h0, self.c0))
+            y, h, c = self._forward(*leaves)
+            if self.mode == "fwd_bwd":
+                torch.autograd.backward([y, h, c], [self.dy, self.dh, self.dc])
+            ret = (y, h, c, leaves)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return ret
 
     def outputs(self, ret) -> dict[str, np.ndarray]:
+        """y, h, c (and dx, dh0, dc0, d<param name> for fwd_bwd) as NumPy arrays, time-major."""
         y, h, c, leaves = ret
-        out = {"y": _to_numpy(y), "h": _to_numpy(h), "c": _to_numpy(c)}
+
+        def tm(a):  # batch-first results back to time-major
+            return np.ascontiguousarray(a.swapaxes(0, 1)) if self.batch_first else a
+
+        out = {"y": tm(host_array(y, "y")), "h": host_array(h, "h"), "c": host_array(c, "c")}
         if self.mode == "fwd_bwd":
             x, h0, c0 = leaves
-            out.update(dx=_to_numpy(x.grad), dh0=_to_numpy(h0.grad), dc0=_to_numpy(c0.grad))
-            out.update({"d" + k: _to_numpy(p.grad) for k, p in self.lstm.named_parameters()})
+            out.update(dx=tm(host_array(x.grad, "dx")), dh0=host_array(h0.grad, "dh0"),
+                       dc0=host_array(c0.grad, "dc0"))
+            out.update({"d" + k: host_array(p.grad, k) for k, p in self.lstm.named_parameters()})
         return out
 
 
@@ -341,9 +460,9 @@ def make_runner(case: Case, mode: str, backend: str, inputs: Inputs, *, torch_th
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if backend == "torch":
-        return _TorchRunner(case, mode, inputs, threads=torch_threads)
+        return TorchRunner(mode, inputs, threads=torch_threads)
     if backend in ("reference", "cpu", "cuda"):
-        return _FastLSTMRunner(case, mode, backend, inputs)
+        return FastLSTMRunner(case, mode, backend, inputs)
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
@@ -425,6 +544,52 @@ def time_backends(fns: dict[str, Callable], *, rounds: int | None = None, budget
 
 def median(xs) -> float:
     return float(statistics.median(xs))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How one backend's timed rounds are spread (seconds)."""
+    min_s: float
+    median_s: float
+    max_s: float
+    rounds: int
+
+    @property
+    def ratio(self) -> float:
+        """Slowest round over fastest (1.0 for perfectly steady timings)."""
+        return self.max_s / self.min_s if self.min_s > 0 else float("inf")
+
+    @property
+    def unreliable(self) -> bool:
+        """True when the rounds vary by more than :data:`UNRELIABLE_SPREAD` (max/min)."""
+        return is_unreliable(self.ratio)
+
+
+def is_unreliable(ratio: float) -> bool:
+    """True when timed rounds whose slowest is ``ratio`` times their fastest are too unsteady
+    to trust (more than :data:`UNRELIABLE_SPREAD`)."""
+    return ratio > UNRELIABLE_SPREAD
+
+
+def machine_load() -> tuple[float | None, int]:
+    """(1-minute load average or None where the OS has none, CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    return load, cpus
+
+
+def spread(times) -> Spread:
+    """The :class:`Spread` of a non-empty series of per-call times."""
+    ts = [float(t) for t in times]
+    if not ts:
+        raise ValueError("no timings")
+    return Spread(min(ts), median(ts), max(ts), len(ts))
 
 
 def measure_sgemm(n: int = 2048, rounds: int = 5) -> float:

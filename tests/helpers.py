@@ -7,6 +7,7 @@ import numpy as np
 
 import fastlstm
 from fastlstm import LSTMParams
+from fastlstm.harness import Inputs, TorchRunner, param_grads
 from fastlstm.testing import assert_close
 
 try:  # torch is an optional test oracle
@@ -117,32 +118,20 @@ def assert_unchanged(before, *arrays):
 
 
 def torch_run(problem: Problem, dtype, batch_first=False):
-    """torch.nn.LSTM forward + autograd with the same weights (packed when lengths are given).
+    """torch.nn.LSTM forward + autograd with the same weights (packed when lengths are given),
+    through the harness's torch runner (``batch_first`` drives torch's batch-first layout).
 
-    Returns dict of NumPy arrays: y, h, c, dx, dh0, dc0 and dparams.
+    Returns a dict of NumPy arrays, time-major: y, h, c, dx, dh0, dc0 and dparams (a dict by
+    parameter name). Missing initial states are zeros; dh0/dc0 are their gradients.
     """
     p = problem
-    cfg = p.cfg
-    tdt = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
-    m = torch.nn.LSTM(cfg.I, cfg.H, cfg.L, bias=cfg.bias, bidirectional=cfg.bidirectional,
-                      proj_size=cfg.proj, batch_first=batch_first).to(tdt)
-    m.load_state_dict({k: torch.tensor(v) for k, v in p.params.state_dict().items()})
-    x = p.x.transpose(1, 0, 2) if batch_first else p.x
-    xt = torch.tensor(np.ascontiguousarray(x), dtype=tdt, requires_grad=True)
-    h0 = torch.tensor(p.h0 if p.h0 is not None else np.zeros_like(p.dh), dtype=tdt, requires_grad=True)
-    c0 = torch.tensor(p.c0 if p.c0 is not None else np.zeros_like(p.dc), dtype=tdt, requires_grad=True)
-    if p.lengths is not None:
-        packed = torch.nn.utils.rnn.pack_padded_sequence(
-            xt, torch.tensor(p.lengths), batch_first=batch_first, enforce_sorted=False)
-        yp, (h, c) = m(packed, (h0, c0))
-        y, _ = torch.nn.utils.rnn.pad_packed_sequence(yp, batch_first=batch_first,
-                                                      total_length=cfg.T)
-    else:
-        y, (h, c) = m(xt, (h0, c0))
-    dy = p.dy.transpose(1, 0, 2) if batch_first else p.dy
-    loss = ((y * torch.tensor(np.ascontiguousarray(dy), dtype=tdt)).sum()
-            + (h * torch.tensor(p.dh, dtype=tdt)).sum() + (c * torch.tensor(p.dc, dtype=tdt)).sum())
-    loss.backward()
-    return dict(y=y.detach().numpy(), h=h.detach().numpy(), c=c.detach().numpy(),
-                dx=xt.grad.numpy(), dh0=h0.grad.numpy(), dc0=c0.grad.numpy(),
-                dparams={k: v.grad.numpy() for k, v in m.named_parameters()})
+    assert p.params.dtype == np.dtype(dtype)
+    inputs = Inputs(params=p.params, x=p.x,
+                    h0=p.h0 if p.h0 is not None else np.zeros_like(p.dh),
+                    c0=p.c0 if p.c0 is not None else np.zeros_like(p.dc),
+                    lengths=p.lengths, dy=p.dy, dh=p.dh, dc=p.dc)
+    runner = TorchRunner("fwd_bwd", inputs, batch_first=batch_first)
+    out = runner.outputs(runner())
+    res = {k: out[k] for k in ("y", "h", "c", "dx", "dh0", "dc0")}
+    res["dparams"] = param_grads(out)
+    return res

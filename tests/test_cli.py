@@ -1,4 +1,4 @@
-"""``python -m fastlstm`` (fastlstm/__main__.py) and the case registry it shares with bench/.
+"""``python -m fastlstm`` (fastlstm/cli/) and the harness it shares with bench/ and ci/.
 
 Tiny sizes and short timing budgets keep these fast; no timing is asserted.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm import bench as fb
-from fastlstm.__main__ import main
+from fastlstm import harness as fb
+from fastlstm.cli import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, main
+from fastlstm.cli.format import (SPREAD_LEGEND, fmt_spread, load_warning, speedup_legend,
+                                 spread_warning, spread_warnings, unreliable_summary)
 
 TINY = "5,2,3,4"
 
@@ -94,6 +97,110 @@ def test_bench_json(tmp_path, capsys):
                                         for m in fb.MODES}
 
 
+def test_bench_prints_spread_and_legend(tmp_path, capsys):
+    path = tmp_path / "b.json"
+    assert main(["bench", "--size", TINY, "--modes", "infer", "--repeat", "4", "--no-sgemm", "-q",
+                 "--backends", "reference,cpu", "--json", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("case"))
+    assert header.split()[3:6] == ["min", "median", "max/min"]
+    assert SPREAD_LEGEND in out and speedup_legend() in out
+    assert "2.0 times faster" in out
+    for r in json.loads(path.read_text())["results"]:
+        assert r["rounds"] == 4 and 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["spread"] == pytest.approx(r["max_s"] / r["min_s"])
+        assert r["unreliable"] == (r["spread"] > fb.UNRELIABLE_SPREAD)
+
+
+def test_spread_warning_decision():
+    steady = fb.spread([1.0e-3, 1.2e-3, 1.1e-3, 1.9e-3])
+    assert steady.min_s == 1.0e-3 and steady.max_s == 1.9e-3 and steady.rounds == 4
+    assert steady.median_s == pytest.approx(1.15e-3)
+    assert not steady.unreliable and spread_warning("cpu", steady) is None
+    assert spread_warning("cpu", fb.spread([1e-3, 2e-3])) is None  # exactly 2x: not flagged
+    noisy = fb.spread([1.0e-3, 1.1e-3, 3.3e-3])
+    assert noisy.unreliable and noisy.ratio == pytest.approx(3.3)
+    w = spread_warning("T5 infer cpu", noisy)
+    assert w.startswith("warning: T5 infer cpu: runs vary 3.3x")
+    assert "unreliable" in w and "machine busy?" in w and "1.00 ms" in w and "3.30 ms" in w
+    assert fmt_spread(None) == "-" and fmt_spread(2.0) == "2.0x" and fmt_spread(2.04) == "2.0x!"
+    assert unreliable_summary(0, 9) is None
+    rows = [dict(backend="cpu", min_s=1e-3, median_s=1.1e-3, max_s=3.3e-3, rounds=3),
+            dict(backend="torch", min_s=1e-3, median_s=1.1e-3, max_s=1.5e-3, rounds=3),
+            dict(backend="cuda", status="n/a")]  # never timed
+    assert spread_warnings(rows) == [spread_warning("cpu", noisy)]
+
+
+def test_load_warning_decision():
+    assert load_warning(None, 2) is None  # no load average on this OS
+    assert load_warning(0.9, 2) is None and load_warning(1.0, 2) is None
+    w = load_warning(3.46, 2)
+    assert w.startswith("warning: the machine is busy (1-minute load average 3.5 on 2 CPUs)")
+    assert load_warning(20.0, 64) is None
+    assert "1 CPU)" in load_warning(0.8, 1)
+    load, cpus = fb.machine_load()
+    assert cpus >= 1 and (load is None or load >= 0)
+
+
+def test_bench_warns_about_unsteady_timings(capsys, monkeypatch):
+    # synthetic timings: the cpu rounds vary 5x, the reference's 1.5x
+    fake = {"reference": [0.010, 0.012, 0.015], "cpu": [0.001, 0.002, 0.005]}
+    monkeypatch.setattr(fb, "time_backends", lambda fns, **kw: {k: fake[k] for k in fns})
+    monkeypatch.setattr(fb, "machine_load", lambda: (0.1, 2))  # an idle machine
+    assert main(["bench", "--size", TINY, "--modes", "fwd_bwd", "--no-sgemm", "-q",
+                 "--backends", "reference,cpu"]) == EXIT_OK
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "T5_B2_I3_H4 fwd_bwd cpu" in warnings[0] and "5.0x" in warnings[0]
+    assert "unreliable" in warnings[0]
+    cpu_row = next(line for line in out.splitlines() if line.split()[2:3] == ["cpu"])
+    assert "1.00 ms" in cpu_row and "2.00 ms" in cpu_row and "5.0x!" in cpu_row  # min, median, spread
+    assert "6.00x" in cpu_row  # vs ref: 12 ms / 2 ms
+    ref_row = next(line for line in out.splitlines() if line.split()[2:3] == ["reference"])
+    assert "1.5x" in ref_row and "1.5x!" not in ref_row
+    assert "1 of 2 timings vary more than 2x between rounds" in out
+
+
+def test_default_job_legend_and_warning(capsys, monkeypatch):
+    fake = {"reference": [0.010, 0.011, 0.012], "cpu": [0.001, 0.001, 0.004]}
+    monkeypatch.setattr(fb, "time_backends", lambda fns, **kw: {k: fake[k] for k in fns})
+    monkeypatch.setattr(fb, "machine_load", lambda: (3.5, 2))  # a busy machine
+    assert main(["--size", TINY, "--backends", "cpu"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert load_warning(3.5, 2) in out
+    assert speedup_legend() in out
+    assert "warning: cpu fwd_bwd: runs vary 4.0x" in out
+    assert "warning: cpu infer: runs vary 4.0x" in out
+    assert "warning: reference" not in out
+
+
+def test_mismatch_exits_1(capsys, monkeypatch):
+    real = fb.make_runner
+
+    class Wrong:  # the cpu backend's results, with y off by 1%
+        def __init__(self, runner):
+            self.runner = runner
+
+        def __call__(self):
+            return self.runner()
+
+        def outputs(self, ret):
+            out = self.runner.outputs(ret)
+            out["y"] = out["y"] * 1.01
+            return out
+
+    def make_runner(case, mode, backend, inputs, **kw):
+        r = real(case, mode, backend, inputs, **kw)
+        return Wrong(r) if backend == "cpu" else r
+
+    monkeypatch.setattr(fb, "make_runner", make_runner)
+    assert EXIT_MISMATCH == 1
+    assert main(["--size", TINY, "--backends", "cpu", "--repeat", "2"]) == EXIT_MISMATCH
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and "mismatch in y" in captured.err
+
+
 def test_bench_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert main(["bench", "--size", TINY, "--plot", str(tmp_path / "p.png")]) == 2
@@ -126,9 +233,24 @@ def test_bad_size_is_an_argparse_error(capsys):
 
 def test_unavailable_cuda_is_named(capsys):
     if "cuda" in fb.available_backends():
-        pytest.skip("a CUDA backend is available here")
-    assert main(["--size", TINY, "--backends", "cuda"]) == 2
-    assert "cuda" in capsys.readouterr().err
+        why = ("the CUDA simulator is on in this process (NUMBA_ENABLE_CUDASIM=1, set by "
+               "tests/cuda/conftest.py)" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+               else "this machine has a usable CUDA GPU")
+        pytest.skip(f"the CUDA backend can run here ({why}), so asking for it is no usage error; "
+                    "test_unavailable_cuda_is_named_simulated checks the message")
+    assert main(["--size", TINY, "--backends", "cuda"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "backend 'cuda' is not available" in err
+
+
+def test_unavailable_cuda_is_named_simulated(capsys, monkeypatch):
+    # the same usage error on any machine: the CUDA backend reported as missing
+    import fastlstm.dispatch
+    monkeypatch.setattr(fb, "available_backends", lambda: ["reference", "cpu"])
+    monkeypatch.setattr(fastlstm.dispatch, "cuda_unavailable_reason", lambda: "no GPU in this test")
+    assert main(["--size", TINY, "--backends", "cuda"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "backend 'cuda' is not available: no GPU in this test" in err
 
 
 # ---------------------------------------------------------------------------- the registry

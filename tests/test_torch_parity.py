@@ -39,16 +39,16 @@ def _random_configs(n, seed=1234):
 
 
 def _check(p, dtype, device, batch_first=False):
+    # both sides run in the same layout; results are compared time-major
     ref = torch_run(p, dtype, batch_first=batch_first)
-    x = np.ascontiguousarray(p.x.transpose(1, 0, 2)) if batch_first else p.x
-    dy = np.ascontiguousarray(p.dy.transpose(1, 0, 2)) if batch_first else p.dy
-    fwd = fastlstm.forward(x, p.params, p.h0, p.c0, lengths=p.lengths, training=True,
+    swap = (lambda a: np.ascontiguousarray(a.swapaxes(0, 1))) if batch_first else (lambda a: a)
+    fwd = fastlstm.forward(swap(p.x), p.params, p.h0, p.c0, lengths=p.lengths, training=True,
                            batch_first=batch_first, device=device)
-    g = fastlstm.backward(fwd.cache, dy, p.dh, p.dc)
+    g = fastlstm.backward(fwd.cache, swap(p.dy), p.dh, p.dc)
     what = f"{p.cfg} {device}"
-    for name in ("y", "h", "c"):
-        assert_close(getattr(fwd, name), ref[name], dtype, "forward", f"{what} {name}")
-    for name, ours in (("dx", g.dx), ("dh0", g.dh0), ("dc0", g.dc0)):
+    for name, ours in (("y", swap(fwd.y)), ("h", fwd.h), ("c", fwd.c)):
+        assert_close(ours, ref[name], dtype, "forward", f"{what} {name}")
+    for name, ours in (("dx", swap(g.dx)), ("dh0", g.dh0), ("dc0", g.dc0)):
         assert_close(ours, ref[name], dtype, "grad", f"{what} {name}")
     assert set(g.dparams) == set(ref["dparams"])
     for name, grad in ref["dparams"].items():
@@ -105,3 +105,22 @@ def test_torch_module_weights_load_and_inference_matches():
     m2.load_state_dict({k: torch.tensor(v) for k, v in params.state_dict().items()})
     for k, v in m.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k])
+
+
+def test_harness_torch_runner_layouts_and_forward_only():
+    """The one torch runner: batch-first driving gives the same (time-major) results, and a
+    forward-only input set (no output gradients) runs the forward modes."""
+    from fastlstm.harness import Inputs, TorchRunner
+    p = make_problem(Config(T=6, B=4, I=3, H=5, L=2, bidirectional=True, proj=2, lengths=True),
+                     np.float64, seed=3)
+    inputs = Inputs(p.params, p.x, p.h0, p.c0, p.lengths, p.dy, p.dh, p.dc)
+    tm, bf = (TorchRunner("fwd_bwd", inputs, batch_first=b) for b in (False, True))
+    a, b = tm.outputs(tm()), bf.outputs(bf())
+    assert a.keys() == b.keys() and a["y"].shape == (6, 4, 4) and a["dx"].shape == (6, 4, 3)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-12, err_msg=k)
+    fwd_only = Inputs.for_forward(p.params, p.x, p.h0, p.c0, lengths=p.lengths)
+    r = TorchRunner("infer", fwd_only)
+    np.testing.assert_allclose(r.outputs(r())["y"], a["y"], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="needs inputs with dy"):
+        TorchRunner("fwd_bwd", fwd_only)
