@@ -3,6 +3,7 @@ from . import config
 from .api import LSTM, BackwardResult, ForwardResult, LSTMCache, backward, forward, warmup
 from .dispatch import available_devices
 from .params import LSTMParams
+from .stepper import Stepper
 
 __version__ = "0.1.0"
 
@@ -14,5 +15,5 @@ def release_workspace() -> None:
 
 
 __all__ = ["LSTM", "LSTMParams", "forward", "backward", "warmup", "ForwardResult",
-           "BackwardResult", "LSTMCache", "available_devices", "release_workspace", "config",
-           "__version__"]
+           "BackwardResult", "LSTMCache", "Stepper", "available_devices", "release_workspace",
+           "config", "__version__"]

@@ -42,6 +42,11 @@ class CPUConfig:
     #: A parallel task's backward computes dx per step: None = the measured rule (item 17),
     #: True / False = always / never.
     fuse_dx: bool | None = None
+    #: ``Stepper.steps``: chunks of at most this many rows (steps x sequences) run the step
+    #: kernel; longer ones the whole-sequence path. Measured (I = 32, H = 64-256, float32): the
+    #: step kernel is 2-12x faster for chunks of 1-16 rows, about as fast at 64; from ~128 rows
+    #: on the whole-sequence path can gain (1.2x at B = 64, T = 16).
+    stepper_kernel_max_rows: int = 64
     #: Threads a call may use; None = Numba's thread count (``numba.get_num_threads()``).
     threads: int | None = None
 

@@ -50,7 +50,7 @@ _FLOORS = [
      "fastlstm.backends.state", "fastlstm.backends.compile_notice"},
     {"fastlstm.reference", "fastlstm.backends.cpu", "fastlstm.backends.cuda", "fastlstm.layout",
      "fastlstm.dispatch", "fastlstm.backends"},
-    {"fastlstm.api"},
+    {"fastlstm.api", "fastlstm.stepper"},
     {"fastlstm", "fastlstm.harness", "fastlstm.torch"},
     {"fastlstm.cli", "fastlstm.__main__"},
 ]
