@@ -46,12 +46,12 @@ def test_kernels_import_nothing_from_the_package():
 # the floors, bottom up; a module may import its own floor and the ones below
 _FLOORS = [
     {"fastlstm.kernels"},
-    {"fastlstm._coerce", "fastlstm.config", "fastlstm.params", "fastlstm.testing",
+    {"fastlstm._coerce", "fastlstm.config", "fastlstm.params", "fastlstm.convert", "fastlstm.testing",
      "fastlstm.backends.state", "fastlstm.backends.compile_notice"},
     {"fastlstm.reference", "fastlstm.backends.cpu", "fastlstm.backends.cuda", "fastlstm.layout",
      "fastlstm.dispatch", "fastlstm.backends"},
     {"fastlstm.api", "fastlstm.stepper"},
-    {"fastlstm", "fastlstm.harness", "fastlstm.torch"},
+    {"fastlstm", "fastlstm.harness", "fastlstm.torch", "fastlstm.dask", "fastlstm.files"},
     {"fastlstm.cli", "fastlstm.__main__"},
 ]
 

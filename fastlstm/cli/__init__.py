@@ -5,8 +5,9 @@
     python -m fastlstm bench      a benchmark grid (quick preset; --full for the whole registry)
     python -m fastlstm info       versions, BLAS, Numba threading and cache, CPU, GPU
     python -m fastlstm check      every backend vs the reference on small configurations
+    python -m fastlstm convert    LSTM weights between .pt, .keras/.h5, .onnx and .npz files
 
-One module per command (``run``: the default job, ``bench``, ``info``, ``check``); ``common``
+One module per command (``run``: the default job, ``bench``, ``info``, ``check``, ``convert``); ``common``
 holds option parsing and the check-then-time measurement, ``format`` the text output. Cases,
 runners, comparison and timing come from :mod:`fastlstm.harness`.
 
@@ -20,12 +21,13 @@ import os
 import sys
 
 from .. import __version__
-from . import bench, check, info, run
+from . import bench, check, convert, info, run
 from .common import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, PROG, UsageError
 
 __all__ = ["main", "build_parser", "UsageError", "EXIT_OK", "EXIT_MISMATCH", "EXIT_USAGE"]
 
-_COMMANDS = {None: run.main, "bench": bench.main, "info": info.main, "check": check.main}
+_COMMANDS = {None: run.main, "bench": bench.main, "info": info.main, "check": check.main,
+             "convert": convert.main}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     info.add_parser(sub)
     check.add_parser(sub)
+    convert.add_parser(sub)
     return p
 
 
