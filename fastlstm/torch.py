@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
 from . import config
 from .backends import cpu as _cpu
 from .backends.state import LayerState, TrainingState
+from .kernels.cpu.parallel import single_threaded_blas as _single_threaded_blas
 from .params import LSTMParams
 
 __all__ = ["LSTM", "LSTMCell", "from_torch", "to_torch", "replace_lstms"]
@@ -157,7 +158,10 @@ def _lstm_impl(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: tor
         return np.empty(shape, params.dtype)
 
     mask_list = [m for m in _np(masks)] if masks.numel() else None
-    with config.options("cpu", kernel_xh=False):  # the reserve's layout on every path
+    # kernel_xh off: the reserve's layout on every path. SciPy's BLAS on the calling thread:
+    # torch's own threads spin between its ops, and a threaded BLAS call fights them (a small
+    # training step ran 2-5x slower; bench/NOTES.md, "fastlstm.torch").
+    with config.options("cpu", kernel_xh=False), _single_threaded_blas():
         _, h, c, _, _ = _cpu.lstm_forward(_np(x), params, _np(h0), _np(c0), _np(lengths),
                                           mask_list, training, alloc=alloc)
     return y, torch.from_numpy(h), torch.from_numpy(c), reserve
@@ -192,7 +196,8 @@ def _lstm_backward_impl(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
         layer_in = y_l * mask_list[layer] if (mask_list and layer < L - 1) else y_l
     state = TrainingState("cpu", params, params.version, tuple(layers), _np(h0), _np(c0),
                           _np(lengths), mask_list, ("serial",) * L)
-    dx, dh0, dc0, dparams = _cpu.lstm_backward(state, _np(dy), _np(dh), _np(dc))
+    with _single_threaded_blas():
+        dx, dh0, dc0, dparams = _cpu.lstm_backward(state, _np(dy), _np(dh), _np(dc))
     return [torch.from_numpy(a) for a in (dx, dh0, dc0, *dparams.values())]
 
 
