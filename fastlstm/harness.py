@@ -15,9 +15,13 @@ A :class:`Case` is one LSTM configuration. A *mode* is what one timed call does:
 ``train_fwd``  ``forward(..., training=True)`` (saves what backward needs)
 ``fwd_bwd``    a training forward followed by ``backward(cache, dy, dh, dc)``
 
-A *backend* is ``reference``, ``cpu``, ``cuda`` (fastlstm devices, :class:`FastLSTMRunner`) or
+A *backend* is ``reference``, ``cpu``, ``cuda`` (fastlstm devices, :class:`FastLSTMRunner`),
 ``torch`` (``torch.nn.LSTM`` with the same weights, packed sequences for variable lengths,
-:class:`TorchRunner`: the one place the package drives torch's LSTM).
+:class:`TorchRunner`: the one place the package drives torch's LSTM) or ``onnxruntime`` (the
+weights exported as an ONNX model and run by an ONNX Runtime CPU session,
+:class:`OnnxRuntimeRunner`; inference only, float32, no ``proj_size``: :func:`supports`). torch
+and ONNX Runtime are the *peers* (:data:`PEERS`): other libraries timed beside ours, with the
+thread count the CPU backend uses (:func:`default_torch_threads`).
 
 Useful FLOPs of a call (:meth:`Case.flops`), counting a multiply-add as 2 and ignoring pointwise
 work (activations, cell update: O(T*B*H), negligible beside the products)::
@@ -32,6 +36,8 @@ work (activations, cell update: O(T*B*H), negligible beside the products)::
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import os
 import statistics
@@ -45,7 +51,9 @@ import numpy as np
 from ._coerce import to_numpy
 
 MODES = ("infer", "train_fwd", "fwd_bwd")
-BACKENDS = ("reference", "cpu", "cuda", "torch")
+BACKENDS = ("reference", "cpu", "cuda", "torch", "onnxruntime")
+#: The other libraries timed beside ours, and the short name of their "vs" columns.
+PEERS = {"torch": "torch", "onnxruntime": "ort"}
 FORWARD_KEYS = ("y", "h", "c")
 STATE_GRAD_KEYS = ("dx", "dh0", "dc0")
 #: Timings of one backend whose slowest round is more than this many times its fastest are
@@ -56,8 +64,9 @@ UNRELIABLE_SPREAD = 2.0
 BUSY_LOAD = 0.5
 
 __all__ = ["Case", "Inputs", "CASES", "QUICK", "CHECK_CASES", "MODES", "BACKENDS", "FORWARD_KEYS",
-           "get_case", "available_backends", "unavailable_reason", "torch_available", "supports",
-           "FastLSTMRunner", "TorchRunner", "make_runner", "host_array", "param_grads",
+           "PEERS", "get_case", "available_backends", "unavailable_reason", "torch_available",
+           "onnxruntime_available", "supports", "FastLSTMRunner", "TorchRunner",
+           "OnnxRuntimeRunner", "make_runner", "host_array", "param_grads",
            "reference_outputs", "expected_keys", "compare_outputs", "max_errors",
            "time_backends", "Spread", "spread", "is_unreliable", "UNRELIABLE_SPREAD", "BUSY_LOAD",
            "machine_load", "median", "measure_sgemm", "default_torch_threads"]
@@ -260,12 +269,37 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+@functools.lru_cache(maxsize=None)
+def _onnxruntime_missing() -> str | None:
+    """None when ``onnxruntime`` and ``onnx`` (the exporter's dependency) import, else why not."""
+    missing = []
+    for name in ("onnxruntime", "onnx"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # not installed, or a broken install
+            missing.append(name if isinstance(exc, ImportError) and
+                           importlib.util.find_spec(name) is None
+                           else f"{name} ({type(exc).__name__}: {exc})")
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} cannot be imported (pip install onnxruntime onnx, or "
+            f"pip install 'fastlstm[onnx]')")
+
+
+def onnxruntime_available() -> bool:
+    """True when ONNX Runtime and onnx (which writes the model it runs) both import."""
+    return _onnxruntime_missing() is None
+
+
 def available_backends() -> list[str]:
-    """reference, cpu, cuda (with a usable GPU) and torch (when installed), in that order."""
+    """reference, cpu, cuda (with a usable GPU), torch and onnxruntime (when installed), in
+    that order."""
     import fastlstm
     out = list(fastlstm.available_devices())
     if torch_available():
         out.append("torch")
+    if onnxruntime_available():
+        out.append("onnxruntime")
     return out
 
 
@@ -280,13 +314,28 @@ def unavailable_reason(backend: str) -> str | None:
         return cuda_unavailable_reason() or "no usable CUDA GPU"
     if backend == "torch":
         return "torch is not installed (pip install torch)"
+    if backend == "onnxruntime":
+        return _onnxruntime_missing() or "ONNX Runtime is not available"
     return f"backend {backend!r} is not available (is it installed?)"
 
 
-def supports(backend: str, case: Case) -> str | None:
-    """None when ``backend`` can run ``case``, else the reason it cannot."""
+def supports(backend: str, case: Case, mode: str | None = None) -> str | None:
+    """None when ``backend`` can run ``case`` in ``mode`` (in every mode when ``mode`` is None),
+    else the reason it cannot. Whether the backend is installed is :func:`unavailable_reason`."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if backend == "cuda" and case.dtype != "float32":
         return "the CUDA backend computes in float32 only"
+    if backend == "onnxruntime":
+        if mode != "infer":
+            return ("ONNX Runtime has no LSTM training (no saved state, no backward): it runs "
+                    "inference (mode infer) only")
+        if case.proj_size > 0:
+            return (f"proj_size={case.proj_size}: ONNX's LSTM operator has no output projection, "
+                    f"so the case has no ONNX equivalent")
+        if case.dtype != "float32":
+            return (f"ONNX Runtime's CPU LSTM kernel computes in float32 only (this case is "
+                    f"{case.dtype})")
     return None
 
 
@@ -454,20 +503,79 @@ class TorchRunner:
         return out
 
 
+class OnnxRuntimeRunner:
+    """ONNX Runtime running the ONNX model of ``inputs.params`` (:meth:`LSTMParams.to_onnx
+    <fastlstm.LSTMParams.to_onnx>`: one ``LSTM`` node per layer) in one CPU
+    ``InferenceSession``, built once; a call is one ``session.run``.
+
+    The model takes ``x`` time-major, ``initial_h`` / ``initial_c`` and, for variable lengths,
+    ``sequence_lens`` (ONNX Runtime zeros the outputs past each sequence's end, as
+    :func:`fastlstm.forward` does); :meth:`outputs` gives ``y`` (T, B, D*H), ``h``, ``c``.
+    ``threads`` is the session's intra-op thread count (default: :func:`default_torch_threads`,
+    the CPU backend's, so all backends get the same cores); inter-op parallelism is off (one
+    thread), the graph runs its layers one after the other. Inference only, float32, no
+    ``proj_size``: anything else raises ``ValueError`` with the reason of :func:`supports`.
+    """
+
+    def __init__(self, mode: str, inputs: Inputs, *, threads: int | None = None):
+        _check_call(mode, inputs)
+        p = inputs.params
+        probe = Case("", 1, 1, p.input_size, p.hidden_size, p.num_layers,
+                     bidirectional=p.bidirectional, proj_size=p.proj_size,
+                     lengths=inputs.lengths is not None, dtype=p.dtype.name)
+        reason = supports("onnxruntime", probe, mode)
+        if reason:
+            raise ValueError(reason)
+        import onnxruntime as ort
+        self.mode = mode
+        self.threads = int(threads) if threads is not None else default_torch_threads()
+        model = p.to_onnx(lengths=inputs.lengths is not None, initial_state=True)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(model.SerializeToString(), opts,
+                                            providers=["CPUExecutionProvider"])
+        f32 = np.float32
+
+        def c(a):  # copies: the inputs stay untouched
+            return np.array(a, dtype=f32, order="C", copy=True)
+
+        self.feeds = {"x": c(inputs.x), "initial_h": c(inputs.h0), "initial_c": c(inputs.c0)}
+        if inputs.lengths is not None:
+            self.feeds["sequence_lens"] = np.asarray(inputs.lengths, np.int32).copy()
+        self.output_names = ["y", "h_n", "c_n"]
+
+    def __call__(self):
+        return self.session.run(self.output_names, self.feeds)
+
+    def outputs(self, ret) -> dict[str, np.ndarray]:
+        """y (T, B, D*H), h, c (L*D, B, H) as NumPy arrays, time-major."""
+        y, h, c = ret
+        return {"y": np.asarray(y), "h": np.asarray(h), "c": np.asarray(c)}
+
+
 def make_runner(case: Case, mode: str, backend: str, inputs: Inputs, *, torch_threads=None):
     """A callable doing one call of ``mode`` on ``backend``; ``runner.outputs(runner())`` gives
-    the results as NumPy arrays keyed y, h, c (and dx, dh0, dc0, d<param name> for fwd_bwd)."""
+    the results as NumPy arrays keyed y, h, c (and dx, dh0, dc0, d<param name> for fwd_bwd).
+
+    ``torch_threads`` is the peers' thread count: torch's ``set_num_threads`` (None leaves
+    torch's setting) and ONNX Runtime's intra-op threads (None: :func:`default_torch_threads`).
+    A backend that cannot run ``case`` in ``mode`` (:func:`supports`) raises ``ValueError``."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if backend == "torch":
         return TorchRunner(mode, inputs, threads=torch_threads)
+    if backend == "onnxruntime":
+        return OnnxRuntimeRunner(mode, inputs, threads=torch_threads)
     if backend in ("reference", "cpu", "cuda"):
         return FastLSTMRunner(case, mode, backend, inputs)
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
 def default_torch_threads() -> int:
-    """The thread count the CPU backend uses (Numba's), so torch is compared on equal terms."""
+    """The thread count the CPU backend uses (Numba's), which the peers (torch, ONNX Runtime)
+    are given too, so every library is compared on equal terms."""
     import numba
     return numba.get_num_threads()
 

@@ -273,7 +273,9 @@ def host_inputs(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_
     lens = check_lengths(lengths, spec.B, spec.T)
     xc = _as_compute(time_major_view(xa, spec), dt)
     masks = dropout_masks(params, spec.T, spec.B, spec.dropout, seed) if spec.training else None
-    return HostInputs(spec, xc, h0a, c0a, lens, masks, bool(np.shares_memory(xc, xa)))
+    # may_share_memory: bounds only (exact overlap solving costs microseconds); a false
+    # "shared" costs one copy of x for a training cache, never a wrong result
+    return HostInputs(spec, xc, h0a, c0a, lens, masks, bool(np.may_share_memory(xc, xa)))
 
 
 def zero_padding(x: np.ndarray, lengths: np.ndarray) -> None:

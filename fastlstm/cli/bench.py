@@ -14,8 +14,8 @@ import numpy as np
 
 from .. import __version__, harness
 from .common import (EXIT_MISMATCH, EXIT_OK, Measured, UsageError, add_timing_options,
-                     parse_size, resolve_backends, resolve_modes, setup_torch)
-from .format import (SPREAD_LEGEND, Progress, fmt_spread, fmt_time, fmt_x, load_warning,
+                     parse_size, resolve_backends, resolve_modes, setup_peers)
+from .format import (PEER_NAMES, SPREAD_LEGEND, Progress, fmt_spread, fmt_time, fmt_x, load_warning,
                      speedup_legend, spread_warnings, table, unreliable_summary)
 from .info import cpu_name
 
@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
                        description="Time a grid of cases (the quick preset of the registry in "
                                    "fastlstm.harness, --full for all of it, or --size) in the "
                                    "modes infer, train_fwd and fwd_bwd on every available "
-                                   "backend. Each result is checked against the reference "
+                                   "backend (torch and ONNX Runtime, the peers, when installed; "
+                                   "ONNX Runtime in infer only). Each result is checked against the reference "
                                    "before it is timed; backends are timed in blocks of calls "
                                    "(A B C, then C B A). Prints the fastest and median time, "
                                    "the spread of the rounds (warning when it exceeds "
@@ -131,6 +132,9 @@ def jsonable(row: dict) -> dict:
 
 
 def result_table(results: list[dict]) -> str:
+    """One row per (case, mode, backend); a "vs" column for the reference and for each peer
+    (torch, ONNX Runtime) that is among the results' backends."""
+    peers = [p for p in harness.PEERS if any(r["backend"] == p for r in results)]
     rows = []
     for r in results:
         ok = r["status"] == "PASS"
@@ -139,9 +143,11 @@ def result_table(results: list[dict]) -> str:
                      fmt_time(r.get("median_s")) if ok else "-",
                      fmt_spread(r.get("spread")) if ok else "-",
                      f"{r['gflop_per_s']:.2f}" if r.get("gflop_per_s") else "-",
-                     fmt_x(r.get("speedup_vs_reference")), fmt_x(r.get("speedup_vs_torch"))])
-    return table(["case", "mode", "backend", "min", "median", "max/min", "GFLOP/s", "vs ref",
-                  "vs torch"], rows, right={3, 4, 5, 6, 7, 8})
+                     fmt_x(r.get("speedup_vs_reference")),
+                     *(fmt_x(r.get(f"speedup_vs_{p}")) for p in peers)])
+    headers = ["case", "mode", "backend", "min", "median", "max/min", "GFLOP/s", "vs ref",
+               *(f"vs {harness.PEERS[p]}" for p in peers)]
+    return table(headers, rows, right=set(range(3, len(headers))))
 
 
 def main(args) -> int:
@@ -158,10 +164,12 @@ def main(args) -> int:
     modes = resolve_modes(args.modes)
     backends = resolve_backends(args.backends, need_reference=True)
     load = harness.machine_load()  # before our own threads add to it
-    tthreads = setup_torch(backends)
+    tthreads = setup_peers(backends)
     sgemm = None if args.no_sgemm else harness.measure_sgemm()
     print(f"fastlstm {__version__} bench: {len(cases)} case(s) x {len(modes)} mode(s) on "
           f"{', '.join(backends)}; {harness.default_torch_threads()} threads"
+          + (f" (Numba's; {' and '.join(PEER_NAMES[b] for b in harness.PEERS if b in backends)}"
+             f" the same)" if tthreads else "")
           + (f"; BLAS sgemm {sgemm:.1f} GFLOP/s" if sgemm else ""))
     progress = Progress(len(cases) * len(modes), enabled=not args.quiet)
     results, failed = [], False
@@ -182,7 +190,10 @@ def main(args) -> int:
     print(result_table(results))
     print()
     print(SPREAD_LEGEND)
-    print(speedup_legend(vs_torch="torch" in backends))
+    print(speedup_legend(peers=backends))
+    na = sorted({(r["backend"], r["error"]) for r in results if r["status"] == "n/a"})
+    for be, why in na:
+        print(f"n/a {be}: {why}")
     warnings = spread_warnings(results, label=lambda r: f"{r['case']} {r['mode']} {r['backend']}")
     n_timed = sum(r.get("min_s") is not None for r in results)
     for w in [load_warning(*load), *warnings, unreliable_summary(len(warnings), n_timed)]:

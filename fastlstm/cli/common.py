@@ -56,14 +56,19 @@ def resolve_modes(text: str | None) -> list[str]:
     return modes
 
 
-def setup_torch(backends: list[str]) -> int | None:
-    """Give torch the CPU backend's thread count (when torch is among ``backends``)."""
-    if "torch" not in backends:
+def setup_peers(backends: list[str]) -> int | None:
+    """The thread count of the peers (torch, ONNX Runtime) among ``backends``: the CPU
+    backend's, set as torch's now (when torch is among them); None when neither is."""
+    if not any(b in harness.PEERS for b in backends):
         return None
-    import torch
     n = harness.default_torch_threads()
-    torch.set_num_threads(n)
+    if "torch" in backends:
+        import torch
+        torch.set_num_threads(n)
     return n
+
+
+setup_torch = setup_peers  # the same function under its first name
 
 
 def add_timing_options(p: argparse.ArgumentParser, default_budget: float) -> None:
@@ -74,17 +79,21 @@ def add_timing_options(p: argparse.ArgumentParser, default_budget: float) -> Non
                    help=f"seconds of timed rounds per measurement when --repeat is not given "
                         f"(default {default_budget})")
     p.add_argument("--backends", metavar="LIST",
-                   help="comma-separated subset of reference,cpu,cuda,torch (default: every "
-                        "available one; the reference always runs, as the oracle)")
+                   help="comma-separated subset of " + ",".join(harness.BACKENDS) + " (default: "
+                        "every available one; the reference always runs, as the oracle; torch "
+                        "and onnxruntime get the CPU backend's thread count)")
 
 
 class Measured:
     """Check one (case, mode) on several backends, then time the ones that passed (blocks per
     backend, A B C then C B A: see :func:`fastlstm.harness.time_backends`).
 
-    ``rows[backend]`` holds status (PASS, FAIL, n/a), error, fwd_err, grad_err, first_call_s and,
-    after :meth:`time`, min_s, median_s, max_s, rounds, spread (max/min), unreliable,
-    gflop_per_s, speedup_vs_reference and speedup_vs_torch (their median time over ours).
+    ``rows[backend]`` holds status (PASS, FAIL, n/a: the backend cannot run this case in this
+    mode, ``error`` says why), error, fwd_err, grad_err, first_call_s and, after :meth:`time`,
+    min_s, median_s, max_s, rounds, spread (max/min), unreliable, gflop_per_s,
+    speedup_vs_reference and speedup_vs_<peer> for every peer of :data:`fastlstm.harness.PEERS`
+    (speedup_vs_torch, speedup_vs_onnxruntime): the other's median time over this one's.
+    ``torch_threads`` is the peers' thread count (:func:`setup_peers`).
     """
 
     def __init__(self, case, mode, backends, inputs, ref, torch_threads):
@@ -95,7 +104,7 @@ class Measured:
             row = dict(case=case.name, mode=mode, backend=be, status="PASS", error=None,
                        fwd_err=float("nan"), grad_err=float("nan"), first_call_s=None)
             self.rows[be] = row
-            reason = harness.supports(be, case)
+            reason = harness.supports(be, case, mode)
             if reason:
                 row.update(status="n/a", error=reason)
                 continue
@@ -128,10 +137,9 @@ class Measured:
             self.rows[be].update(median_s=s.median_s, min_s=s.min_s, max_s=s.max_s,
                                  rounds=s.rounds, spread=s.ratio, unreliable=s.unreliable,
                                  gflop_per_s=gflop / s.median_s if s.median_s > 0 else None)
-        ref = self.rows.get("reference", {}).get("median_s")
-        torch_med = self.rows.get("torch", {}).get("median_s")
+        others = {be: self.rows.get(be, {}).get("median_s") for be in ("reference", *harness.PEERS)}
         for row in self.rows.values():
             med = row.get("median_s")
-            row["speedup_vs_reference"] = ref / med if (ref and med) else None
-            row["speedup_vs_torch"] = torch_med / med if (torch_med and med) else None
+            for be, other in others.items():
+                row[f"speedup_vs_{be}"] = other / med if (other and med) else None
         return self.rows

@@ -94,13 +94,29 @@ def spread_warnings(rows, label=lambda r: f"{r['backend']}") -> list[str]:
     return out
 
 
-def speedup_legend(vs_torch: bool = False) -> str:
-    """How the "vs" columns read."""
-    cols, than = (("vs ref / vs torch", "the reference / torch") if vs_torch
-                  else ("vs ref", "the reference"))
-    return (f"{cols}: how many times faster this backend is than {than} (ratio of median "
+#: How the legend names each peer of :data:`fastlstm.harness.PEERS`, and what it adds about it.
+PEER_NAMES = {"torch": "torch", "onnxruntime": "ONNX Runtime"}
+PEER_NOTES = {"torch": "",
+              "onnxruntime": "ONNX Runtime runs the weights exported as an ONNX model (one LSTM "
+                             "node per layer) in a CPU InferenceSession: inference only, float32, "
+                             "no proj_size (n/a elsewhere)."}
+
+
+def speedup_legend(vs_torch: bool = False, peers=()) -> str:
+    """How the "vs" columns read: vs ref, and one per peer (``vs_torch`` adds torch; ``peers``
+    names backends of :data:`fastlstm.harness.PEERS`)."""
+    names = [p for p in harness.PEERS if p in peers or (p == "torch" and vs_torch)]
+    cols = " / ".join(["vs ref", *(f"vs {harness.PEERS[p]}" for p in names)])
+    than = " / ".join(["the reference", *(PEER_NAMES.get(p, p) for p in names)])
+    text = (f"{cols}: how many times faster this backend is than {than} (ratio of median "
             f"times): cpu 2.00x in vs ref = cpu is 2.0 times faster than the reference (takes "
             f"half the time); below 1.00x = slower")
+    if not names:
+        return text
+    who = " and ".join(PEER_NAMES.get(p, p) for p in names)
+    notes = " ".join(PEER_NOTES[p] for p in names if PEER_NOTES.get(p))
+    return (f"{text}. {who} run{'s' if len(names) == 1 else ''} with the CPU backend's thread "
+            f"count." + (f" {notes}" if notes else ""))
 
 
 SPREAD_LEGEND = (f"min / median: fastest and median of the timed rounds; max/min: slowest round "

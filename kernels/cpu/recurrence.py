@@ -34,8 +34,10 @@ from .activations import half_like, one_like, tanh_row
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
-# The kernels' grouped arguments. An optional part that is off is an empty (0, 0, 0) array:
-# the kernels are compiled once per dtype for every combination.
+# The kernels' grouped arguments, passed as plain tuples in these layouts (Numba types a plain
+# tuple in C; a namedtuple would cost a Python-level typeof on every call). An optional part
+# that is off is an empty (0, 0, 0) array: the kernels are compiled once per dtype for every
+# combination.
 
 #: Rows per chunk of the three per-step products ``h @ W_hh^T``, ``(o*tanh c) @ W_hr^T`` and
 #: ``x_t @ W_ih^T`` (forward; in backward the same products transposed); >= B: unchunked.
