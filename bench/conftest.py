@@ -10,9 +10,13 @@ Options (timing only; ignored with --benchmark-disable):
   --bench-min-rounds N   default 5
   --bench-max-rounds N   default 200
 
-Thread counts: torch gets Numba's thread count (NUMBA_NUM_THREADS, default: all cores), which is
-recorded in every benchmark's extra_info["threads"]. ci/bench.sh pins all thread pools to
-BENCH_THREADS (default 1, see bench/NOTES.md).
+Thread counts: torch (set_num_threads) and ONNX Runtime (the session's intra-op threads) get
+Numba's thread count (NUMBA_NUM_THREADS, default: all cores), which is recorded in every
+benchmark's extra_info["threads"]. ci/bench.sh pins all thread pools to BENCH_THREADS (default 1,
+see bench/NOTES.md).
+
+The peers, torch and ONNX Runtime, are optional: their benchmarks are skipped, with the reason,
+where they are not installed.
 """
 from __future__ import annotations
 
@@ -57,6 +61,32 @@ def torch_threads():
     n = default_torch_threads()
     torch.set_num_threads(n)
     return n
+
+
+@pytest.fixture(scope="session")
+def onnxruntime_threads(bench_threads):
+    """ONNX Runtime sessions get the thread count the CPU backend uses (Numba's), or None
+    where onnxruntime (or onnx, which writes the model it runs) does not import."""
+    from fastlstm.harness import onnxruntime_available
+    return bench_threads if onnxruntime_available() else None
+
+
+@pytest.fixture(scope="session")
+def peer_threads(request):
+    """``peer_threads(backend)``: the thread count to give ``backend`` (torch, onnxruntime;
+    None for ours), skipping the benchmark where that library is not installed."""
+    from fastlstm.harness import PEERS, unavailable_reason
+
+    def get(backend):
+        if backend not in PEERS:
+            return None
+        n = request.getfixturevalue("torch_threads" if backend == "torch"
+                                    else "onnxruntime_threads")
+        if n is None:
+            pytest.skip(unavailable_reason(backend) or f"{backend} is not installed")
+        return n
+
+    return get
 
 
 @pytest.fixture(scope="session")

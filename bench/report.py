@@ -5,8 +5,9 @@
     python bench/report.py run.json
 
 Per case and mode: the median time of each backend, our GFLOP/s, our share of the BLAS sgemm
-rate measured in the same run, and the ratios cpu-vs-reference and cpu-vs-torch (each a
-ratio of medians taken in that one run). Standard library only.
+rate measured in the same run, and the ratios cpu-vs-reference, cpu-vs-torch and, when the run
+has ONNX Runtime timings, cpu-vs-onnxruntime (each a ratio of medians taken in that one run;
+ONNX Runtime runs inference only, float32, no proj_size: "-" elsewhere). Standard library only.
 """
 from __future__ import annotations
 
@@ -32,21 +33,28 @@ def load(path):
     return rows, sgemm, doc
 
 
+#: The other libraries the CPU backend is compared with: torch always has its columns,
+#: ONNX Runtime when the run timed it.
+PEERS = ("torch", "onnxruntime")
+
+
 def table(rows, sgemm) -> str:
-    out = ["| case | mode | reference | cpu | torch | cpu GFLOP/s | % of sgemm | cpu vs reference | cpu vs torch |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    peers = [p for p in PEERS if p == "torch" or any(p in by for by in rows.values())]
+    head = (["case", "mode", "reference", "cpu", *peers, "cpu GFLOP/s", "% of sgemm",
+             "cpu vs reference", *(f"cpu vs {p}" for p in peers)])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     ms = lambda v: "-" if v is None else (f"{v * 1e3:.3g} ms")  # noqa: E731
     for (case, mode), by in rows.items():
         cpu = by.get("cpu")
         ref = by.get("reference")
-        tor = by.get("torch")
         gf = cpu[1] / cpu[0] if cpu and cpu[1] else None
         out.append("| " + " | ".join([
-            case, mode, ms(ref and ref[0]), ms(cpu and cpu[0]), ms(tor and tor[0]),
+            case, mode, ms(ref and ref[0]), ms(cpu and cpu[0]),
+            *(ms(by[p][0] if p in by else None) for p in peers),
             "-" if gf is None else f"{gf:.1f}",
             "-" if (gf is None or not sgemm) else f"{100 * gf / sgemm:.0f}%",
             "-" if not (cpu and ref) else f"{ref[0] / cpu[0]:.2f}x",
-            "-" if not (cpu and tor) else f"{tor[0] / cpu[0]:.2f}x",
+            *("-" if not (cpu and p in by) else f"{by[p][0] / cpu[0]:.2f}x" for p in peers),
         ]) + " |")
     return "\n".join(out)
 

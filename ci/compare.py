@@ -39,8 +39,8 @@ from pathlib import Path
 
 SUMMARY_FORMAT = "fastlstm-bench-summary/1"
 REFERENCE = "reference"
-#: Only our own backends can regress through a change to this code; other backends (torch)
-#: are reported for information and never fail the gate (nor does their absence).
+#: Only our own backends can regress through a change to this code; other backends (torch,
+#: onnxruntime) are reported for information and never fail the gate (nor does their absence).
 GATED_PREFIXES = ("cpu", "cuda")
 
 
@@ -210,7 +210,8 @@ def compare(baseline: dict, new: dict, tolerance: float) -> list[dict]:
     """One row per baseline or new entry: case, mode, backend, baseline, now, change, status.
 
     status: ok | faster | SLOWER (beyond tolerance: fails) | MISSING (fails) | new;
-    for backends that are not ours (torch): slower / missing (informational, never fail)
+    for backends that are not ours (torch, onnxruntime): slower / missing (informational,
+    never fail)
     """
     base_sp, new_sp = baseline["speedups"], new["speedups"]
     rows = []

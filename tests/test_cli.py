@@ -112,6 +112,31 @@ def test_bench_prints_spread_and_legend(tmp_path, capsys):
         assert r["unreliable"] == (r["spread"] > fb.UNRELIABLE_SPREAD)
 
 
+def test_peer_columns_and_legend():
+    """A "vs" column per peer among the results (torch: "vs torch", ONNX Runtime: "vs ort"),
+    explained by the legend; none for peers that were not run."""
+    from fastlstm.cli.bench import result_table
+    assert speedup_legend(peers=["reference", "cpu"]) == speedup_legend()
+    assert speedup_legend(vs_torch=True) == speedup_legend(peers=["torch"])
+    both = speedup_legend(peers=["cpu", "onnxruntime", "torch"])
+    assert both.startswith("vs ref / vs torch / vs ort: how many times faster this backend is "
+                           "than the reference / torch / ONNX Runtime")
+    assert "the CPU backend's thread count" in both and "inference only, float32" in both
+
+    def row(be, med, **speedups):
+        return dict(case="c", mode="infer", backend=be, status="PASS", min_s=med, median_s=med,
+                    spread=1.0, gflop_per_s=1.0,
+                    **{f"speedup_vs_{k}": v for k, v in speedups.items()})
+
+    rows = [row("reference", 4e-3, reference=1.0, onnxruntime=0.5),
+            row("cpu", 1e-3, reference=4.0, onnxruntime=2.0),
+            row("onnxruntime", 2e-3, reference=2.0, onnxruntime=1.0)]
+    lines = result_table(rows).splitlines()
+    assert lines[0].split()[-4:] == ["vs", "ref", "vs", "ort"]
+    assert lines[3].split()[-2:] == ["4.00x", "2.00x"]
+    assert result_table(rows[:2]).splitlines()[0].split()[-2:] == ["vs", "ref"]
+
+
 def test_spread_warning_decision():
     steady = fb.spread([1.0e-3, 1.2e-3, 1.1e-3, 1.9e-3])
     assert steady.min_s == 1.0e-3 and steady.max_s == 1.9e-3 and steady.rounds == 4
