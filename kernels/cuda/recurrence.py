@@ -206,7 +206,14 @@ def step_project(s, hh, w_hr_t, h_in, h_out, y, lengths):
         _project_unit(t, b, p, d, hh, w_hr_t, h_in, h_out, y, lengths)
 
 
-@cuda.jit
+def _bounded(**bounds):
+    """``cuda.jit`` with launch bounds on a GPU (the simulator's ``jit`` takes none)."""
+    return cuda.jit if _simulating() else cuda.jit(**bounds)
+
+
+# 128 threads, 4 blocks per SM: caps the kernel at 128 registers per thread (without the bound,
+# 138 registers left room for 3 blocks of 128 threads per SM, and large plans did not fit)
+@_bounded(launch_bounds=(128, 4))
 def persistent_forward(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths,
                        d_first, nd, JB, KS, NV, has_proj, training):
     """The whole sequence of ``nd`` directions (from ``d_first``) in one cooperative launch.
@@ -468,29 +475,28 @@ def plan_persistent(args, D, B, H, P, smem_limit=PERSISTENT_SMEM_LIMIT):
         NV = D * ((H + JB - 1) // JB)
         smem = persistent_smem_bytes(JB, KS, NV, B, P)
         return PersistentPlan(JB, KS, NV, [(0, D, persistent_forward, 1, 4 * JB * KS, smem)]), None
-    try:
-        dev = cuda.get_current_device()
-        if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
-            return None, "the GPU does not support cooperative launch"
-        (xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths, has_proj, training) = args
-        spec = persistent_forward.specialize(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs,
-                                             lengths, 0, D, 1, 1, 1, has_proj, training)
-        kern = next(iter(spec.overloads.values()))
-        for split in ((D,) if D == 1 else (2, 1)):
-            for JB in (8, 4, 2, 1):
-                KS = 32 // JB
-                nt = 4 * JB * KS
-                NJ = (H + JB - 1) // JB
-                for NV in (1, 2, 4):
-                    smem = persistent_smem_bytes(JB, KS, NV, B, P)
-                    if smem > smem_limit:
-                        continue
-                    blocks = (split * NJ + NV - 1) // NV
-                    if blocks <= kern.max_cooperative_grid_blocks(nt, smem):
-                        launches = [(d0, split, spec, blocks, nt, smem) for d0 in range(0, D, split)]
-                        return PersistentPlan(JB, KS, NV, launches), None
-    except Exception as exc:  # pragma: no cover - e.g. no cudadevrt to link the grid barrier
-        return None, f"{type(exc).__name__}: {exc}"
+    dev = cuda.get_current_device()
+    if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
+        return None, "the GPU does not support cooperative launch"
+    # Errors below (e.g. no libcudadevrt to link the grid barrier) are real errors and surface;
+    # only "does not fit" falls back to the multi-launch path.
+    (xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs, lengths, has_proj, training) = args
+    spec = persistent_forward.specialize(xg, w_hh_t, w_hr_t, hbuf, c, hh, y, gates, cs,
+                                         lengths, 0, D, 1, 1, 1, has_proj, training)
+    kern = next(iter(spec.overloads.values()))
+    for split in ((D,) if D == 1 else (2, 1)):
+        for JB in (8, 4, 2, 1):
+            KS = 32 // JB
+            nt = 4 * JB * KS
+            NJ = (H + JB - 1) // JB
+            for NV in (1, 2, 4):
+                smem = persistent_smem_bytes(JB, KS, NV, B, P)
+                if smem > smem_limit:
+                    continue
+                blocks = (split * NJ + NV - 1) // NV
+                if blocks <= kern.max_cooperative_grid_blocks(nt, smem):
+                    launches = [(d0, split, spec, blocks, nt, smem) for d0 in range(0, D, split)]
+                    return PersistentPlan(JB, KS, NV, launches), None
     return None, (
         f"W_hh ({D} x {4 * H} x {P} float32) does not fit in the shared memory of one co-resident "
         f"cooperative grid ({smem_limit} bytes per block)")
