@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 
 __all__ = ["CPUConfig", "CUDAConfig", "current", "options"]
@@ -86,18 +85,41 @@ def current(backend: str):
     return cfg
 
 
-@contextmanager
-def options(backend: str, **changes):
-    """Run a block with some of ``backend``'s knobs changed (unknown names raise TypeError)."""
-    if backend not in _VARS:
-        raise ValueError(f"backend must be one of {sorted(_VARS)}, got {backend!r}")
-    cfg = current(backend)
-    known = {f.name for f in fields(cfg)}
-    unknown = sorted(set(changes) - known)
-    if unknown:
-        raise TypeError(f"unknown {backend} option(s) {unknown}; known: {sorted(known)}")
-    token = _VARS[backend].set(replace(cfg, **changes))
-    try:
-        yield current(backend)
-    finally:
-        _VARS[backend].reset(token)
+class options:
+    """Run a block with some of ``backend``'s knobs changed (unknown names raise TypeError)::
+
+        with fastlstm.config.options("cpu", threads=1) as cfg:
+            ...
+
+    Cheap enough to enter on every call (the changed configurations are memoised)."""
+
+    __slots__ = ("_var", "_cfg", "_token")
+
+    def __init__(self, backend: str, **changes):
+        if backend not in _VARS:
+            raise ValueError(f"backend must be one of {sorted(_VARS)}, got {backend!r}")
+        self._var = _VARS[backend]
+        base = current(backend)
+        key = (base, tuple(sorted(changes.items())))
+        cfg = _derived.get(key)
+        if cfg is None:
+            known = {f.name for f in fields(base)}
+            unknown = sorted(set(changes) - known)
+            if unknown:
+                raise TypeError(f"unknown {backend} option(s) {unknown}; known: {sorted(known)}")
+            cfg = replace(base, **changes)
+            if len(_derived) > 64:
+                _derived.clear()
+            _derived[key] = cfg
+        self._cfg = cfg
+
+    def __enter__(self):
+        self._token = self._var.set(self._cfg)
+        return self._cfg
+
+    def __exit__(self, *exc):
+        self._var.reset(self._token)
+        return False
+
+
+_derived: dict = {}

@@ -12,7 +12,8 @@ names and shapes, so ``load_state_dict`` works both ways unchanged, and ``forwar
 returns what torch's does (tensors or a ``PackedSequence``, unbatched input, ``hx`` optional).
 
 The work is two ``torch.library`` custom operators, so ``torch.compile(fullgraph=True)`` traces
-through them without a graph break:
+through them without a graph break (eager calls run the same implementation through an
+``autograd.Function``, cheaper to dispatch):
 
 ``fastlstm::lstm(x, h0, c0, lengths, masks, weights, dims, training) -> (y, h_n, c_n, reserve)``
     time-major ``x`` (T, B, I); ``weights`` in ``nn.LSTM``'s order; ``dims`` =
@@ -148,7 +149,8 @@ def _lstm_impl(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: tor
     reserve = x.new_empty((_reserve_numel(T, B, L, D, H, P) if training else 0,))
     if B == 0:
         return y, h0.clone(), c0.clone(), reserve
-    parts, flat, y_np = _layout(T, B, L, D, H, P), reserve.numpy(), y.numpy()
+    y_np = y.numpy()
+    parts, flat = (_layout(T, B, L, D, H, P), reserve.numpy()) if training else ({}, None)
 
     def alloc(name, shape):
         if name == f"y{L - 1}":
@@ -225,10 +227,6 @@ def _backward(ctx, gy, gh, gc, _greserve):
     return dx, dh0, dc0, None, None, list(dw), None, None
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("fastlstm: gradients of gradients (double backward) are not supported")
-
-
 def _no_context(ctx, inputs, output):
     pass
 
@@ -236,6 +234,33 @@ def _no_context(ctx, inputs, output):
 #: Whether the operators are ``torch.library`` custom ops (torch >= 2.4: traceable by
 #: ``torch.compile``) or, on older torch, an ``autograd.Function`` (eager only).
 CUSTOM_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fastlstm: gradients of gradients (double backward) are not supported")
+
+
+class _LSTMFunction(torch.autograd.Function):
+    """The same operator as an ``autograd.Function``: what eager mode calls (its dispatch costs
+    a fraction of a custom operator's), and the whole path on torch without custom ops."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, lengths, masks, dims, training, *weights):
+        out = _lstm_impl(x, h0, c0, lengths, masks, list(weights), dims, training)
+        _setup_context(ctx, (x, h0, c0, lengths, masks, list(weights), dims, training), out)
+        ctx.mark_non_differentiable(out[3])
+        return out
+
+    @staticmethod
+    def backward(ctx, gy, gh, gc, greserve):
+        if torch.is_grad_enabled():  # backward(create_graph=True)
+            _no_double_backward(ctx)
+        dx, dh0, dc0, _, _, dw, _, _ = _backward(ctx, gy, gh, gc, greserve)
+        return (dx, dh0, dc0, None, None, None, None, *dw)
+
+
+def _lstm_function(x, h0, c0, lengths, masks, weights, dims, training):
+    return _LSTMFunction.apply(x, h0, c0, lengths, masks, dims, training, *weights)
+
 
 if CUSTOM_OPS:
     lstm_op = torch.library.custom_op("fastlstm::lstm", mutates_args=())(_lstm_impl)
@@ -245,26 +270,14 @@ if CUSTOM_OPS:
     lstm_backward_op.register_fake(_lstm_backward_fake)
     lstm_op.register_autograd(_backward, setup_context=_setup_context)
     lstm_backward_op.register_autograd(_no_double_backward, setup_context=_no_context)
-    _lstm, _lstm_backward = lstm_op, lstm_backward_op
-else:
-    class _LSTMFunction(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, h0, c0, lengths, masks, dims, training, *weights):
-            with torch.no_grad():
-                out = _lstm_impl(x, h0, c0, lengths, masks, list(weights), dims, training)
-            _setup_context(ctx, (x, h0, c0, lengths, masks, list(weights), dims, training), out)
-            return out
-
-        @staticmethod
-        @torch.autograd.function.once_differentiable
-        def backward(ctx, gy, gh, gc, greserve):
-            dx, dh0, dc0, _, _, dw, _, _ = _backward(ctx, gy, gh, gc, greserve)
-            return (dx, dh0, dc0, None, None, None, None, *dw)
+    _lstm_backward = lstm_backward_op
 
     def _lstm(x, h0, c0, lengths, masks, weights, dims, training):
-        return _LSTMFunction.apply(x, h0, c0, lengths, masks, dims, training, *weights)
-
-    _lstm_backward = _lstm_backward_impl
+        if torch.compiler.is_compiling():
+            return lstm_op(x, h0, c0, lengths, masks, weights, dims, training)
+        return _lstm_function(x, h0, c0, lengths, masks, weights, dims, training)
+else:
+    _lstm, _lstm_backward = _lstm_function, _lstm_backward_impl
 
 
 # ---------------------------------------------------------------------------- CUDA

@@ -126,8 +126,8 @@ def test_double_backward_is_a_clear_error():
     _, m = _pair(input_size=2, hidden_size=3)
     x = torch.randn(3, 2, 2, dtype=F64, requires_grad=True)
     y, _ = m(x)
-    (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
+        (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
         g.sum().backward()
 
 
