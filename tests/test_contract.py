@@ -50,7 +50,7 @@ _FLOORS = [
      "fastlstm.backends.state", "fastlstm.backends.compile_notice"},
     {"fastlstm.reference", "fastlstm.backends.cpu", "fastlstm.backends.cuda", "fastlstm.layout",
      "fastlstm.dispatch", "fastlstm.backends"},
-    {"fastlstm.api", "fastlstm.stepper"},
+    {"fastlstm.api", "fastlstm.stepper", "fastlstm.head", "fastlstm.rnn", "fastlstm.train"},
     {"fastlstm", "fastlstm.harness", "fastlstm.torch", "fastlstm.dask", "fastlstm.files"},
     {"fastlstm.cli", "fastlstm.__main__"},
 ]
