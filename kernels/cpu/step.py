@@ -40,6 +40,7 @@ import numpy as np
 
 from .activations import half_like, tanh_row
 from .jit import jit
+from .recurrence import _bdot
 
 __all__ = ["step_forward", "steps_forward", "META_HEADER", "META_PER_LAYER"]
 
@@ -48,31 +49,6 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 #: Entries of ``meta`` before the per-layer blocks, and per layer.
 META_HEADER = 13
 META_PER_LAYER = 9
-
-
-@jit(inline="always", **_OPTS)
-def _dot_blocks(a, wb, zp, out, mb):
-    """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks, issued in row chunks
-    of ``mb`` rows; ``zp`` (n, B, N/n) is scratch (as ``recurrence._bdot``). With n == 1 the
-    products go straight into ``out``: one BLAS call when also mb >= B."""
-    n = wb.shape[0]
-    B = a.shape[0]
-    if n == 1:
-        for r0 in range(0, B, mb):
-            r1 = min(r0 + mb, B)
-            np.dot(a[r0:r1], wb[0], out[r0:r1])
-        return
-    nb = wb.shape[2]
-    for i in range(n):
-        for r0 in range(0, B, mb):
-            r1 = min(r0 + mb, B)
-            np.dot(a[r0:r1], wb[i], zp[i, r0:r1])
-    for b in range(B):
-        ob = out[b]
-        for i in range(n):
-            zb = zp[i, b]
-            for q in range(nb):
-                ob[i * nb + q] = zb[q]
 
 
 @jit(inline="always", **_OPTS)
@@ -137,7 +113,7 @@ def step_forward(w, s, meta, x, out):
                 row[I + k] = hb[k]
         wb = w[o_w:o_w + K * G].reshape(n_w, K, G // n_w)
         zp = s[o_zp:o_zp + B * G].reshape(n_w, B, G // n_w)
-        _dot_blocks(xh, wb, zp, z, mb_w)
+        _bdot(xh, wb, zp, z, mb_w)
         bias = w[o_b:o_b + G]
         # without a projection o*tanh(c) is the new h: straight into the state (xh holds the old)
         dst = hh if has_proj else h
@@ -146,7 +122,7 @@ def step_forward(w, s, meta, x, out):
         if has_proj:
             rb = w[o_r:o_r + H * P].reshape(n_r, H, P // n_r)
             hp = s[o_hp:o_hp + B * P].reshape(n_r, B, P // n_r)
-            _dot_blocks(hh, rb, hp, h, mb_r)
+            _bdot(hh, rb, hp, h, mb_r)
     top = s[o_h + (L - 1) * B * P:o_h + L * B * P].reshape(B, P)
     for b in range(B):
         ob = out[b]
