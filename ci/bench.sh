@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CI benchmark: the quick subset of bench/ (cases with quick=True in the registry, plus the
+# The CI benchmark: the quick subset of bench/bench_lstm.py (cases with quick=True in the registry, plus the
 # sgemm ceiling), timed with pytest-benchmark, written as pytest-benchmark JSON.
 #
 #   ci/bench.sh [OUT.json]            default OUT: bench-quick.json
@@ -25,7 +25,7 @@ export NUMBA_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THRE
 SELECT=("-m" "${BENCH_SELECT-quick}")
 [ -z "${BENCH_SELECT-quick}" ] && SELECT=()
 
-python -m pytest bench "${SELECT[@]}" -q -p no:cacheprovider \
+python -m pytest bench/bench_lstm.py bench/bench_sgemm.py "${SELECT[@]}" -q -p no:cacheprovider \
     --benchmark-json="$OUT" \
     --benchmark-columns=median,iqr,rounds \
     --benchmark-sort=name \
