@@ -79,10 +79,11 @@ _PARAMS_KEPT = 8
 def _params(weights, dims) -> LSTMParams:
     """LSTMParams over the weight tensors' memory (no copy), one per weight version: the CPU
     backend memoises its weight layouts on it, and an optimizer step (which bumps the tensors'
-    ``_version``) gives a new one."""
+    ``_version``) gives a new one. CUDA weights are copied to the host once per version (the
+    CUDA backend then uploads its layouts once per params object)."""
     weights = [w.detach() for w in weights]
     weights = [w if w.is_contiguous() else w.contiguous() for w in weights]
-    key = (tuple(dims), tuple((w.data_ptr(), w._version, tuple(w.shape), w.dtype)
+    key = (tuple(dims), tuple((w.device, w.data_ptr(), w._version, tuple(w.shape), w.dtype)
                               for w in weights))
     with _params_lock:
         p = _params_cache.get(key)
@@ -92,7 +93,8 @@ def _params(weights, dims) -> LSTMParams:
     cfg = _config(dims, weights)
     names = _names(cfg["num_layers"], 2 if cfg["bidirectional"] else 1, cfg["bias"],
                    cfg["proj_size"] > 0)
-    p = LSTMParams._shared({n: w.numpy() for n, w in zip(names, weights)}, **cfg)
+    p = LSTMParams._shared({n: w.numpy() if w.device.type == "cpu" else w.cpu().numpy()
+                            for n, w in zip(names, weights)}, **cfg)
     with _params_lock:
         _params_cache[key] = p
         while len(_params_cache) > _PARAMS_KEPT:
@@ -290,7 +292,7 @@ def _cuda_forward(x, h0, c0, lengths, masks, weights, dims, training):
     """The op on CUDA tensors: the numba.cuda backend on the same device memory (float32)."""
     from .backends import cuda as _cuda_backend
     T, B, L, D, H, P = _sizes(x, weights, dims)
-    params = _params([w.cpu() for w in weights], dims)
+    params = _params(weights, dims)
     torch.cuda.current_stream().synchronize()  # our kernels run on numba's stream
     mask_list = [_dev(m) for m in masks] if masks.numel() else None
     y, h, c, state, _ = _cuda_backend.lstm_forward(_dev(x), params, _dev(h0), _dev(c0),
@@ -316,7 +318,7 @@ def _cuda_backward(x, h0, c0, lengths, masks, weights, dims, y, reserve, dy, dh,
 
     from .backends import cuda as _cuda_backend
     T, B, L, D, H, P = _sizes(x, weights, dims)
-    params = _params([w.cpu() for w in weights], dims)
+    params = _params(weights, dims)
     torch.cuda.current_stream().synchronize()
     mask_list = tuple(_dev(m) for m in masks) if masks.numel() else ()
     layers, layer_in, off = [], _dev(x), 0
