@@ -13,8 +13,8 @@ from typing import Mapping
 import numpy as np
 
 from .api import forward
-from .convert import (_import, _keras_entries, _keras_module, _load_onnx, from_keras,
-                      from_onnx, to_keras, to_onnx)
+from .convert import _import, _keras_entries, _keras_module, from_keras, to_keras
+from .convert_onnx import _load_onnx, from_onnx, to_onnx
 from .harness import Inputs, TorchRunner
 from .params import LSTMParams, _prefixes
 from .testing import rel_err, tolerance
