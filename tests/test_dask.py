@@ -128,6 +128,7 @@ def test_distributed_local_cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
+        client.wait_for_workers(2)  # both up before the parameters are broadcast
         y, h, c = fdask.forward(da.from_array(x, chunks=(8, 5, 5)), p, lengths,
                                 return_state=True)
         yv, hv = dask.compute(y, h)
