@@ -4,7 +4,9 @@ module. Thin: the input rules are :mod:`fastlstm.layout`'s, the work is a backen
 """
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from ._coerce import check_bool
 from .backends.state import TrainingState
 from .layout import BackwardResult, ForwardResult, LSTMCache
 from .params import LSTMParams
+from .stepper import Stepper
 
 __all__ = ["forward", "backward", "warmup", "LSTM", "ForwardResult", "BackwardResult",
            "LSTMCache"]
@@ -42,7 +45,16 @@ def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_firs
     ForwardResult with ``y`` (x's layout, last dim D*H_out), ``h`` (L*D, B, H_out),
     ``c`` (L*D, B, H), ``cache`` (None unless ``training``) and ``paths`` (the recurrence
     path each layer took).
+
+    Small inference calls (unidirectional, at most ``CPUConfig.stepper_kernel_max_rows``
+    rows ``T*B``, host arrays already of the params' dtype, no ``lengths``) run the streaming
+    step kernel (:class:`fastlstm.Stepper`'s) in one compiled call, path ``"step"``.
     """
+    if (training is False and lengths is None and type(x) is np.ndarray
+            and (device == "auto" or device == "cpu")):
+        res = _thin_forward(x, params, h0, c0, batch_first)
+        if res is not None:
+            return res
     params = layout.check_params(params)
     dev = dispatch.resolve_device(device, x)
     mod = dispatch.backend(dev)
@@ -57,6 +69,58 @@ def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_firs
                                              inp.masks, inp.spec.training)
     state = layout.own_kept_input(state, inp)
     return layout.host_result(dev, y, h, c, state, paths, inp.spec)
+
+
+_thin = threading.local()
+
+
+def _thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
+    """The inference call of a few rows, on a per-thread :class:`Stepper` kept with the params
+    (built once per params version, batch size and thread); None when the call does not
+    qualify (then the general path runs, with its checks and conversions)."""
+    if type(params) is not LSTMParams or params.bidirectional or x.ndim != 3:
+        return None
+    dt = params.dtype
+    if x.dtype != dt or not x.flags.c_contiguous or x.shape[2] != params.input_size:
+        return None
+    if batch_first is False:
+        T, B = x.shape[0], x.shape[1]
+    elif batch_first is True and (x.shape[0] == 1 or x.shape[1] == 1):
+        B, T = x.shape[0], x.shape[1]  # (B, T, I) with T or B = 1: the time-major memory
+    else:
+        return None
+    rows = T * B
+    cfg = config.current("cpu")
+    if rows == 0 or rows > cfg.stepper_kernel_max_rows:
+        return None
+    L, H, P = params.num_layers, params.hidden_size, params.output_size
+    flop = 8.0 * rows * H * (params.input_size + P)
+    if flop >= cfg.parallel_min_flop and dispatch.backend("cpu").plan_tasks(1, B, flop, cfg):
+        return None  # the general path would run this layer on both cores
+    if h0 is not None:
+        if (type(h0) is not np.ndarray or h0.dtype != dt or h0.shape != (L, B, P)
+                or (c0 is not None and (type(c0) is not np.ndarray or c0.dtype != dt
+                                        or c0.shape != (L, B, H)))):
+            return None
+    elif c0 is not None:
+        return None  # the general path says why
+    last = getattr(_thin, "last", None)  # this thread's previous call: one comparison
+    s = None
+    if last is not None and last[0]() is params and last[1] == params.version and last[2] == B \
+            and last[3] is cfg:
+        s = last[4]()
+    if s is None:
+        key = ("cpu", "thin", B, threading.get_ident(), cfg)  # the blocking is cfg's
+        s = params.derived(key, lambda: Stepper(params, B))
+        if s.params.version != s._version:
+            s._sync()
+        _thin.last = (weakref.ref(params), params.version, B, cfg, weakref.ref(s))  # no leak
+    s._set_state(0.0 if h0 is None else h0, 0.0 if c0 is None else c0)
+    y = np.empty((T, B, P), dt)
+    s._steps_call()(x.reshape(T, B, x.shape[2]), y)
+    if batch_first:
+        y = y.reshape(B, T, P)
+    return ForwardResult(y, s._h_view.copy(), s._c_view.copy(), None, ("step",) * L)
 
 
 def _empty_forward(dev, params, inp) -> ForwardResult:

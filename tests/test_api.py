@@ -467,3 +467,93 @@ def test_malformed_projection_weight_is_a_value_error():
     for bad in (np.float32(1.0), np.zeros(2, np.float32), np.zeros((2, 4), np.float32)):
         with pytest.raises(ValueError, match="weight_hr_l0 must have shape"):
             LSTMParams.from_state_dict({**sd, "weight_hr_l0": bad})
+
+
+# ---------------------------------------------------------------------------- thin inference path
+def _general(x, p, h0=None, c0=None, **kw):
+    """The same call on the whole-sequence path (the step kernel's row limit set to 0)."""
+    with fastlstm.config.options("cpu", stepper_kernel_max_rows=0):
+        res = fastlstm.forward(x, p, h0, c0, **kw)
+    assert "step" not in res.paths
+    return res
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T, B, L, proj, given", [(1, 1, 1, 0, "none"), (7, 3, 2, 3, "both"),
+                                                   (1, 5, 2, 0, "h0"), (16, 4, 1, 2, "both")])
+def test_small_inference_runs_the_step_kernel_and_matches(dtype, T, B, L, proj, given):
+    rng = np.random.default_rng(T * 100 + B)
+    p = LSTMParams.init(6, 8, L, proj_size=proj, dtype=dtype, seed=T + B)
+    P = proj or 8
+    x = rng.standard_normal((T, B, 6)).astype(dtype)
+    h0 = rng.standard_normal((L, B, P)).astype(dtype) if given != "none" else None
+    c0 = rng.standard_normal((L, B, 8)).astype(dtype) if given == "both" else None
+    before = snapshot(x, h0, c0)
+    res = fastlstm.forward(x, p, h0, c0)
+    assert res.paths == ("step",) * L and res.cache is None
+    assert_unchanged(before, x, h0, c0)
+    ref = fastlstm.forward(x, p, h0, c0, device="reference")
+    gen = _general(x, p, h0, c0)
+    for got, want, other in ((res.y, ref.y, gen.y), (res.h, ref.h, gen.h), (res.c, ref.c, gen.c)):
+        assert got.shape == want.shape and got.dtype == np.dtype(dtype)
+        assert_close(got, want, np.dtype(dtype), "forward")
+        assert_close(got, other, np.dtype(dtype), "forward")
+    # the results are the caller's: a second call does not overwrite them
+    y0, h0_out = res.y.copy(), res.h.copy()
+    fastlstm.forward(rng.standard_normal((T, B, 6)).astype(dtype), p)
+    assert np.array_equal(res.y, y0) and np.array_equal(res.h, h0_out)
+
+
+def test_small_inference_batch_first_read_only_and_fallbacks():
+    rng = np.random.default_rng(5)
+    p = LSTMParams.init(4, 6, seed=1)
+    x = rng.standard_normal((3, 1, 4)).astype(np.float32)  # (B=3, T=1, I)
+    res = fastlstm.forward(x, p, batch_first=True)
+    assert res.paths == ("step",) and res.y.shape == (3, 1, 6)
+    assert_close(res.y, _general(x, p, batch_first=True).y, np.float32, "forward")
+    x.flags.writeable = False
+    assert np.array_equal(fastlstm.forward(x, p, batch_first=True).y, res.y)
+    # what the step kernel does not take goes the general way, with its conversions and checks
+    x2 = rng.standard_normal((4, 2, 4))
+    assert fastlstm.forward(x2, p).paths == ("serial",)                       # float64 x
+    assert fastlstm.forward(x2.astype(np.float32), p, lengths=[4, 2]).paths == ("serial",)
+    assert fastlstm.forward(x2.astype(np.float32), p, batch_first=True).paths == ("serial",)
+    pb = LSTMParams.init(4, 6, bidirectional=True, seed=1)
+    assert fastlstm.forward(x2.astype(np.float32), pb).paths == ("serial",)
+    with pytest.raises(ValueError, match="c0 needs h0|c0"):
+        fastlstm.forward(x2.astype(np.float32), p, None, np.zeros((1, 2, 6), np.float32))
+    with pytest.raises(ValueError, match="h0"):
+        fastlstm.forward(x2.astype(np.float32), p, np.zeros((1, 3, 6), np.float32))
+    with fastlstm.config.options("cpu", parallel_min_flop=0, threads=2, parallel_min_rows=1):
+        paths = fastlstm.forward(x2.astype(np.float32), p).paths
+    assert paths == (("parallel",) if fastlstm.backends.cpu.can_pin() else ("serial",))
+
+
+def test_small_inference_sees_in_place_updates_and_concurrent_callers():
+    rng = np.random.default_rng(9)
+    p = LSTMParams.init(5, 7, 2, seed=3)
+    x = rng.standard_normal((2, 2, 5)).astype(np.float32)
+    first = fastlstm.forward(x, p).y
+    grads = {k: rng.standard_normal(p[k].shape).astype(np.float32) for k in p.keys()}
+    p.update_(grads, 0.1)
+    after = fastlstm.forward(x, p)
+    assert after.paths == ("step", "step") and not np.allclose(after.y, first)
+    assert_close(after.y, fastlstm.forward(x, p, device="reference").y, np.float32, "forward")
+
+    xs = [rng.standard_normal((3, 2, 5)).astype(np.float32) for _ in range(4)]
+    want = [fastlstm.forward(xi, p, device="reference").y for xi in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(200):
+                assert_close(fastlstm.forward(xs[i], p).y, want[i], np.float32, "forward")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
