@@ -52,7 +52,7 @@ def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_firs
     """
     if (training is False and lengths is None and type(x) is np.ndarray
             and (device == "auto" or device == "cpu")):
-        res = _thin_forward(x, params, h0, c0, batch_first)
+        res = thin_forward(x, params, h0, c0, batch_first)
         if res is not None:
             return res
     params = layout.check_params(params)
@@ -74,7 +74,7 @@ def forward(x, params: LSTMParams, h0=None, c0=None, *, lengths=None, batch_firs
 _thin = threading.local()
 
 
-def _thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
+def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
     """The inference call of a few rows, on a per-thread :class:`Stepper` kept with the params
     (built once per params version, batch size and thread); None when the call does not
     qualify (then the general path runs, with its checks and conversions)."""

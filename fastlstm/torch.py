@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
 
 from . import config
 from .backends import cpu as _cpu
+from .api import thin_forward
 from .backends.state import LayerState, TrainingState
 from .kernels.cpu.parallel import single_threaded_blas as _single_threaded_blas
 from .params import LSTMParams
@@ -81,15 +82,15 @@ def _params(weights, dims) -> LSTMParams:
     backend memoises its weight layouts on it, and an optimizer step (which bumps the tensors'
     ``_version``) gives a new one. CUDA weights are copied to the host once per version (the
     CUDA backend then uploads its layouts once per params object)."""
-    weights = [w.detach() for w in weights]
-    weights = [w if w.is_contiguous() else w.contiguous() for w in weights]
-    key = (tuple(dims), tuple((w.device, w.data_ptr(), w._version, tuple(w.shape), w.dtype)
+    key = (tuple(dims), tuple((w.data_ptr(), w._version, w.shape, w.dtype, w.device.type)
                               for w in weights))
     with _params_lock:
         p = _params_cache.get(key)
         if p is not None:
             _params_cache.move_to_end(key)
             return p
+    weights = [w.detach() for w in weights]
+    weights = [w if w.is_contiguous() else w.contiguous() for w in weights]
     cfg = _config(dims, weights)
     names = _names(cfg["num_layers"], 2 if cfg["bidirectional"] else 1, cfg["bias"],
                    cfg["proj_size"] > 0)
@@ -359,13 +360,46 @@ def _check_dtype(t, what):
                         f"(convert the module with .to({ok[0]}) and the input with .to(...))")
 
 
+def _needs_grad(weights, *tensors) -> bool:
+    """Whether autograd will want a backward through this call."""
+    return torch.is_grad_enabled() and (any(t is not None and t.requires_grad for t in tensors)
+                                        or any(w.requires_grad for w in weights))
+
+
 def _run(weights, dims, x, h0, c0, lengths, masks):
     """The op, asking for a reserve only when autograd will need it."""
-    need = torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad
-                                        or c0.requires_grad
-                                        or any(w.requires_grad for w in weights))
+    need = _needs_grad(weights, x, h0, c0)
     y, h, c, _ = _lstm(x, h0, c0, lengths, masks, weights, dims, need)
     return y, h, c
+
+
+def _eager_inference(x) -> bool:
+    """A call with nothing to record: no autograd, no tracing, host tensors. It runs the CPU
+    backend directly (no operator dispatch, no reserve; the step kernel for a few rows)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _infer(weights, dims, x, h0, c0):
+    """Inference on CPU tensors (time-major ``x``; ``h0``, ``c0`` None for zeros): ``y, h, c``."""
+    params = _params(weights, dims)
+    xn = _np(x)
+    h0n = None if h0 is None else _np(h0)
+    c0n = None if c0 is None else _np(c0)
+    res = thin_forward(xn, params, h0n, c0n, False)
+    if res is not None:
+        y, h, c = res.y, res.h, res.c
+    else:
+        T, B = xn.shape[0], xn.shape[1]
+        L, D = params.num_layers, params.num_directions
+        dt = params.dtype
+        if h0n is None:
+            h0n = np.zeros((L * D, B, params.output_size), dt)
+        if c0n is None:
+            c0n = np.zeros((L * D, B, params.hidden_size), dt)
+        with _single_threaded_blas():  # as in the operator (torch's threads spin)
+            y, h, c, _, _ = _cpu.lstm_forward(xn, params, h0n, c0n, np.full(B, T, np.int64),
+                                              None, False)
+    return torch.from_numpy(y), torch.from_numpy(h), torch.from_numpy(c)
 
 
 class LSTM(nn.RNNBase):
@@ -405,8 +439,7 @@ class LSTM(nn.RNNBase):
         H = self.hidden_size
         P = self.proj_size if self.proj_size > 0 else H
         if hx is None:
-            h0 = x.new_zeros((L * D, B, P))
-            c0 = x.new_zeros((L * D, B, H))
+            h0 = c0 = None
         else:
             h0, c0 = hx
             if unbatched:
@@ -417,15 +450,25 @@ class LSTM(nn.RNNBase):
             if tuple(h0.shape) != (L * D, B, P) or tuple(c0.shape) != (L * D, B, H):
                 raise RuntimeError(f"Expected hidden sizes {(L * D, B, P)} and {(L * D, B, H)}, "
                                    f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
+        dims = [L, int(self.bidirectional), self.proj_size, int(self.bias)]
+        dropout = self.training and self.dropout > 0 and L > 1
+        if lengths is None and not dropout and _eager_inference(x) \
+                and not _needs_grad(weights, x, h0, c0):
+            y, h, c = _infer(weights, dims, x, h0, c0)
+            if unbatched:
+                return y.squeeze(1), (h.squeeze(1), c.squeeze(1))
+            return (y.transpose(0, 1) if self.batch_first else y), (h, c)
+        if h0 is None:
+            h0 = x.new_zeros((L * D, B, P))
+            c0 = x.new_zeros((L * D, B, H))
         lens = torch.full((B,), T, dtype=torch.int64) if lengths is None else \
             lengths.to(torch.int64)
-        if self.training and self.dropout > 0 and L > 1:
+        if dropout:
             keep = 1.0 - self.dropout
             masks = x.new_empty((L - 1, T, B, D * P)).bernoulli_(keep)
             masks = masks / keep if keep > 0 else masks
         else:
             masks = x.new_empty((0,))
-        dims = [L, int(self.bidirectional), self.proj_size, int(self.bias)]
         y, h, c = _run(weights, dims, x.contiguous(), h0.contiguous(), c0.contiguous(), lens,
                        masks)
         if packed:
@@ -468,6 +511,11 @@ class LSTMCell(nn.RNNCellBase):
         if weights[0].dtype != x.dtype:
             raise TypeError(f"input dtype {x.dtype} does not match the module's "
                             f"{weights[0].dtype}")
+        if _eager_inference(x) and not _needs_grad(weights, x, h0, c0):
+            _, h, c = _infer(weights, [1, 0, 0, int(self.bias)], x.unsqueeze(0), h0.unsqueeze(0),
+                             c0.unsqueeze(0))
+            h, c = h[0], c[0]
+            return (h[0], c[0]) if unbatched else (h, c)
         lens = torch.ones((B,), dtype=torch.int64)
         _, h, c = _run(weights, [1, 0, 0, int(self.bias)], x.unsqueeze(0).contiguous(),
                        h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous(), lens,

@@ -161,6 +161,51 @@ def test_module_matches_nn_lstm(kw, dtype):
     assert torch.equal(x, before)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kw", CONFIGS, ids=["1layer", "2layer-bi-proj", "3layer-nobias-bf"])
+@pytest.mark.parametrize("T, B", [(1, 1), (5, 3), (40, 4)])
+def test_inference_route_matches_nn_lstm(kw, dtype, T, B):
+    """Under no_grad (and in eval mode with frozen weights) the module runs the CPU backend
+    directly: the step kernel for a few rows, the whole-sequence path otherwise."""
+    ref, m = _pair(3, dtype, **kw)
+    m.eval()
+    L, D = kw.get("num_layers", 1), 2 if kw.get("bidirectional") else 1
+    P, H = kw.get("proj_size") or kw["hidden_size"], kw["hidden_size"]
+    shape = (B, T, kw["input_size"]) if kw.get("batch_first") else (T, B, kw["input_size"])
+    x = torch.randn(*shape, dtype=dtype)
+    hx = (torch.randn(L * D, B, P, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype))
+    before = [t.clone() for t in (x, *hx)]
+    with torch.no_grad():
+        for args in ((x,), (x, hx)):
+            y1, (h1, c1) = ref(*args)
+            y2, (h2, c2) = m(*args)
+            for a, b in ((y2, y1), (h2, h1), (c2, c1)):
+                assert a.shape == b.shape and a.dtype == b.dtype and not a.requires_grad
+                assert _rel(a, b) <= _tol(dtype, "forward")
+    for p in m.parameters():  # frozen weights with grad mode on: the same route
+        p.requires_grad_(False)
+    y3, _ = m(x, hx)
+    assert _rel(y3, ref(x, hx)[0]) <= _tol(dtype, "forward")
+    assert all(torch.equal(a, b) for a, b in zip((x, *hx), before))
+
+
+def test_inference_route_cell_and_unbatched():
+    torch.manual_seed(8)
+    ref = nn.LSTMCell(3, 5)
+    cell = flt.from_torch(copy.deepcopy(ref))
+    x = torch.randn(4, 3)
+    hx = (torch.randn(4, 5), torch.randn(4, 5))
+    with torch.no_grad():
+        for args in ((x,), (x, hx), (x[0],), (x[0], (hx[0][0], hx[1][0]))):
+            for a, b in zip(cell(*args), ref(*args)):
+                assert a.shape == b.shape and _rel(a, b) <= 2e-6
+    ref2, m = _pair(9, torch.float32, input_size=3, hidden_size=4, num_layers=2)
+    with torch.no_grad():
+        (y1, (h1, _)), (y2, (h2, _)) = ref2(x), m(x)  # unbatched (T=4, I=3)
+    assert y2.shape == y1.shape == (4, 4) and h2.shape == (2, 4)
+    assert _rel(y2, y1) <= 2e-5 and _rel(h2, h1) <= 2e-5
+
+
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_packed_sequences_in_and_out(enforce_sorted):
     ref, m = _pair(4, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
