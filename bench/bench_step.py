@@ -6,7 +6,7 @@ Each implementation's step is first checked against the NumPy reference (the
 ``fastlstm.testing`` tolerance rule), then timed. A call takes microseconds, so each timed
 round runs it ``ITERATIONS`` times (pytest-benchmark divides). Groups are the cases;
 ``extra_info`` carries case, mode ("step"), backend ("cpu": ``Stepper.step``, "torch":
-``LSTMCell``, "cpu_forward": ``forward`` with T = 1), sizes, the weight bytes one step reads
+``LSTMCell``, "cpu_forward": ``forward`` with T = 1, "torch_lstm": ``nn.LSTM`` with T = 1), sizes, the weight bytes one step reads
 and the GB/s that makes.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fastlstm.testing import assert_close
 
 #: (B, I, H), float32, one layer
 CASES = [(1, 32, 64), (4, 32, 128)]
-BACKENDS = ("cpu", "torch", "cpu_forward")
+BACKENDS = ("cpu", "torch", "cpu_forward", "torch_lstm")
 ITERATIONS = 200
 
 
@@ -60,6 +60,24 @@ def _runner(backend, params, x, h0, c0):
             return r.h, r.c
         return step, first
     import torch
+    if backend == "torch_lstm":
+        lstm = torch.nn.LSTM(params.input_size, params.hidden_size)
+        with torch.no_grad():
+            for name in lstm.state_dict():
+                getattr(lstm, name).copy_(torch.tensor(params[name]))
+        xs, h0t, c0t = (torch.from_numpy(a.copy()) for a in (x[None], h0, c0))
+        st = [(h0t, c0t)]
+
+        def lstm_step():
+            with torch.inference_mode():
+                y, st[0] = lstm(xs, st[0])
+            return y
+
+        def lstm_first():
+            with torch.inference_mode():
+                _, (h, c) = lstm(xs, (h0t, c0t))
+            return h.numpy(), c.numpy()
+        return lstm_step, lstm_first
     cell = torch.nn.LSTMCell(params.input_size, params.hidden_size)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
@@ -82,7 +100,7 @@ def _runner(backend, params, x, h0, c0):
 @pytest.mark.parametrize("B, I, H", CASES, ids=[f"B{b}-I{i}-H{h}" for b, i, h in CASES])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step(benchmark, bench_timer, torch_threads, backend, B, I, H):
-    if backend == "torch" and torch_threads is None:
+    if backend.startswith("torch") and torch_threads is None:
         pytest.skip("torch is not installed")
     params, x, h0, c0 = _problem(B, I, H)
     step, first = _runner(backend, params, x, h0, c0)
