@@ -217,18 +217,25 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, h0, c0, lengths, masks, y, reserve, *weights)
 
 
-def _backward(ctx, gy, gh, gc, _greserve):
-    x, h0, c0, lengths, masks, y, reserve, *weights = ctx.saved_tensors
-    if not ctx.training:
-        raise RuntimeError("fastlstm::lstm ran with training=False (no reserve kept): its "
-                           "backward cannot run")
-    gy = torch.zeros_like(y) if gy is None else gy.contiguous()
-    gh = torch.zeros_like(h0) if gh is None else gh.contiguous()
-    gc = torch.zeros_like(c0) if gc is None else gc.contiguous()
-    # eager: the implementation itself (an operator's dispatch costs ~0.1 ms); traced: the op
-    bwd = _lstm_backward if torch.compiler.is_compiling() else _lstm_backward_impl
-    dx, dh0, dc0, *dw = bwd(x, h0, c0, lengths, masks, weights, ctx.dims, y, reserve, gy, gh, gc)
-    return dx, dh0, dc0, None, None, list(dw), None, None
+def _backward_through(bwd):
+    """The backward formula of the forward operator, running ``bwd`` (the backward operator,
+    or its implementation in eager calls: an operator's dispatch costs ~0.1 ms)."""
+    def backward(ctx, gy, gh, gc, _greserve):
+        x, h0, c0, lengths, masks, y, reserve, *weights = ctx.saved_tensors
+        if not ctx.training:
+            raise RuntimeError("fastlstm::lstm ran with training=False (no reserve kept): its "
+                               "backward cannot run")
+        gy = torch.zeros_like(y) if gy is None else gy.contiguous()
+        gh = torch.zeros_like(h0) if gh is None else gh.contiguous()
+        gc = torch.zeros_like(c0) if gc is None else gc.contiguous()
+        dx, dh0, dc0, *dw = bwd(x, h0, c0, lengths, masks, weights, ctx.dims, y, reserve, gy,
+                                gh, gc)
+        return dx, dh0, dc0, None, None, list(dw), None, None
+    return backward
+
+
+_eager_backward = _backward_through(_lstm_backward_impl)
+_backward = _backward_through(lambda *args: _lstm_backward(*args))  # the op, once defined
 
 
 def _no_context(ctx, inputs, output):
@@ -258,7 +265,7 @@ class _LSTMFunction(torch.autograd.Function):
     def backward(ctx, gy, gh, gc, greserve):
         if torch.is_grad_enabled():  # backward(create_graph=True)
             _no_double_backward(ctx)
-        dx, dh0, dc0, _, _, dw, _, _ = _backward(ctx, gy, gh, gc, greserve)
+        dx, dh0, dc0, _, _, dw, _, _ = _eager_backward(ctx, gy, gh, gc, greserve)
         return (dx, dh0, dc0, None, None, None, None, *dw)
 
 
