@@ -30,6 +30,11 @@ class CPUConfig:
     chunk_min_rows: int = 24
     #: Useful FLOPs of one layer below which it runs on one thread (item 9).
     parallel_min_flop: float = 20e6
+    #: A layer run on one thread with fewer useful FLOPs than this keeps its BLAS calls on the
+    #: calling thread too (SciPy's OpenBLAS pinned): threading a small GEMM gains microseconds on
+    #: an idle machine and costs milliseconds when another process holds the other core
+    #: (bench/NOTES.md, "Small calls on a busy machine"). With ``threads=1`` always.
+    serial_blas_min_flop: float = 200e6
     #: Fewest batch rows per parallel task.
     parallel_min_rows: int = 4
     #: A parallel task runs its input projection per step inside the recurrence (item 14).

@@ -345,3 +345,35 @@ def test_release_workspace_frees_every_threads_scratch(threads):
     again = fastlstm.forward(p.x, p.params, device="cpu").y  # buffers are made afresh
     np.testing.assert_allclose(again, fastlstm.forward(p.x, p.params, device="reference").y,
                                rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("min_flop, want", [(200e6, 1), (0.0, None)], ids=["pinned", "free"])
+def test_small_serial_layers_keep_blas_on_the_calling_thread(min_flop, want, monkeypatch,
+                                                            cpu_options):
+    """A serial layer under ``serial_blas_min_flop`` runs its BLAS calls (the input GEMM, the
+    gradient GEMMs) with SciPy's OpenBLAS pinned to one thread; the setting is restored."""
+    get, put = parallel._openblas()
+    saved = get()
+    put(2)
+    seen = []
+
+    def spy(real):
+        def wrapped(*args):
+            seen.append(get())
+            return real(*args)
+        return wrapped
+
+    monkeypatch.setattr(cpu_backend, "matmul_into", spy(cpu_backend.matmul_into))
+    monkeypatch.setattr(cpu_backend, "grad_gemms", spy(cpu_backend.grad_gemms))
+    cpu_options(serial_blas_min_flop=min_flop, parallel_min_flop=1e18, threads=2,
+                stepper_kernel_max_rows=0)
+    try:
+        p = make_problem(Config(T=6, B=2, I=3, H=5), np.float64, seed=1)
+        f_cpu, b_cpu = run(p, "cpu")
+        f_ref, b_ref = run(p, "reference")
+        compare(f_cpu, b_cpu, f_ref, b_ref, np.float64, "pinned serial")
+        assert get() == 2  # restored
+    finally:
+        put(saved)
+    assert len(seen) >= 2
+    assert all(n == (want or 2) for n in seen), seen

@@ -227,6 +227,22 @@ def _run(fn, ctx, tasks, parallel):
             fn(ctx, *t)
 
 
+def _pin_serial(flop, cfg) -> bool:
+    """Whether a layer run serially keeps BLAS on the calling thread (``serial_blas_min_flop``)."""
+    return flop < cfg.serial_blas_min_flop or num_threads(cfg) < 2
+
+
+class _NoPin:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_PIN = _NoPin()
+
+
 def _sum(arrays):
     """The sum of the tasks' partial gradients (C-contiguous, or None); adds into the first."""
     total = arrays[0]
@@ -333,16 +349,20 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
     for layer in range(L):
         prep = _prepare(params, layer)
         I = layer_in.shape[2]
-        tasks = plan_tasks(D, B, _layer_flop(T, B, I, H, P, D, params.proj_size), cfg)
+        flop = _layer_flop(T, B, I, H, P, D, params.proj_size)
+        tasks = plan_tasks(D, B, flop, cfg)
         parallel = tasks is not None
+        pin = _NO_PIN
         xg_all = empty3
         if not parallel:
             tasks = [(d, 0, B) for d in range(D)]
+            pin = single_threaded_blas() if _pin_serial(flop, cfg) else _NO_PIN
             # Phase 1 for both directions at once (OpenBLAS threads it when large). Every BLAS
             # call of this backend goes to SciPy's OpenBLAS: two libraries' idle thread pools
             # spinning at once would fight over the cores (bench/NOTES.md, item 9).
             xg_all = workspace("xg", (T * B, D * 4 * H), dt)
-            matmul_into(layer_in.reshape(T * B, -1), prep.w_ih_cat_t, xg_all)
+            with pin:
+                matmul_into(layer_in.reshape(T * B, -1), prep.w_ih_cat_t, xg_all)
             xg_all = xg_all.reshape(T, B, D * 4 * H)
         y = new(f"y{layer}", (T, B, D * P))
         dirs = [(new(f"gates{layer}.{d}", (T, B, 4 * H)), new(f"cells{layer}.{d}", (T, B, H)))
@@ -354,7 +374,8 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
         xhs = [np.empty((T, b1 - b0, I + P), dt) if own_xh else empty3 for _, b0, b1 in tasks]
         ctx = _ForwardLayer(cfg, params, layer, prep, layer_in, xg_all, parallel, h0, c0,
                             lengths, y, h_n, c_n, dirs, training)
-        _run(_forward_task, ctx, [t + (xh,) for t, xh in zip(tasks, xhs)], parallel)
+        with pin:
+            _run(_forward_task, ctx, [t + (xh,) for t, xh in zip(tasks, xhs)], parallel)
         paths.append("parallel" if parallel else "serial")
         if own_xh:
             saved.append(LayerState(gates=tuple(g for g, _ in dirs), cells=tuple(c for _, c in dirs),
@@ -480,7 +501,8 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
             tasks, parallel = list(sv.tasks), True
             threads = num_threads(cfg) > 1 and can_pin()  # one at a time if cores were taken
         else:
-            tasks = plan_tasks(D, B, _layer_flop(T, B, I_l, H, P, D, params.proj_size), cfg)
+            flop = _layer_flop(T, B, I_l, H, P, D, params.proj_size)
+            tasks = plan_tasks(D, B, flop, cfg)
             parallel = tasks is not None
             if not parallel:
                 tasks = [(d, 0, B) for d in range(D)]
@@ -490,7 +512,10 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
         ctx = _BackwardLayer(cfg, params, layer, _prepare(params, layer), sv, tasks, parallel,
                              dy_layer, state.h0, state.c0, dh_n, dc_n, state.lengths, dx, dx_rev,
                              dh0, dc0, I_l, [None] * len(tasks))
-        _run(_backward_task, ctx, [(i,) for i in range(len(tasks))], threads)
+        pin = single_threaded_blas() if not threads and (sv.xh or _pin_serial(flop, cfg)) \
+            else _NO_PIN
+        with pin:
+            _run(_backward_task, ctx, [(i,) for i in range(len(tasks))], threads)
         if dx_rev is not None:
             dx += dx_rev
         dirs = []
