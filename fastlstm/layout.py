@@ -58,6 +58,7 @@ class ForwardResult:
     """``y``, ``h``, ``c`` (and ``cache`` for a training call); unpacks as ``y, (h, c)``.
 
     ``paths``: the recurrence path each layer took (``"serial"``/``"parallel"`` on the CPU,
+    ``"step"`` for a small inference call on the streaming step kernel,
     ``"multi"``/``"persistent"`` on the GPU, ``"reference"``)."""
     y: Any
     h: Any
