@@ -32,6 +32,7 @@ Gradients of gradients are not supported (a clear error).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -387,9 +388,24 @@ def _eager_inference(x) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def _infer(weights, dims, x, h0, c0):
+_module_params: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _params_of(module, weights, dims) -> LSTMParams:
+    """:func:`_params` with a per-module memo checked by the weights' addresses and versions
+    (a third of the cost of the shared cache's full key)."""
+    stamp = tuple(dims) + tuple(w.data_ptr() for w in weights) + tuple(w._version for w in weights)
+    memo = _module_params.get(module)
+    if memo is not None and memo[0] == stamp:
+        return memo[1]
+    p = _params(weights, dims)
+    _module_params[module] = (stamp, p)
+    return p
+
+
+def _infer(weights, dims, x, h0, c0, module=None):
     """Inference on CPU tensors (time-major ``x``; ``h0``, ``c0`` None for zeros): ``y, h, c``."""
-    params = _params(weights, dims)
+    params = _params(weights, dims) if module is None else _params_of(module, weights, dims)
     xn = _np(x)
     h0n = None if h0 is None else _np(h0)
     c0n = None if c0 is None else _np(c0)
@@ -462,7 +478,7 @@ class LSTM(nn.RNNBase):
         dropout = self.training and self.dropout > 0 and L > 1
         if lengths is None and not dropout and _eager_inference(x) \
                 and not _needs_grad(weights, x, h0, c0):
-            y, h, c = _infer(weights, dims, x, h0, c0)
+            y, h, c = _infer(weights, dims, x, h0, c0, self)
             if unbatched:
                 return y.squeeze(1), (h.squeeze(1), c.squeeze(1))
             return (y.transpose(0, 1) if self.batch_first else y), (h, c)
@@ -521,7 +537,7 @@ class LSTMCell(nn.RNNCellBase):
                             f"{weights[0].dtype}")
         if _eager_inference(x) and not _needs_grad(weights, x, h0, c0):
             _, h, c = _infer(weights, [1, 0, 0, int(self.bias)], x.unsqueeze(0), h0.unsqueeze(0),
-                             c0.unsqueeze(0))
+                             c0.unsqueeze(0), self)
             h, c = h[0], c[0]
             return (h[0], c[0]) if unbatched else (h, c)
         lens = torch.ones((B,), dtype=torch.int64)
