@@ -51,6 +51,10 @@ class CPUConfig:
     #: step kernel is 2-12x faster for chunks of 1-16 rows, about as fast at 64; from ~128 rows
     #: on the whole-sequence path can gain (1.2x at B = 64, T = 16).
     stepper_kernel_max_rows: int = 64
+    #: Inside ``fastlstm.torch``'s operators a parallel layer's tasks run on torch's own OpenMP
+    #: threads where torch uses libgomp (False: on fastlstm's pool; bench/NOTES.md,
+    #: "fastlstm.torch").
+    framework_threads: bool = True
     #: Threads a call may use; None = Numba's thread count (``numba.get_num_threads()``).
     threads: int | None = None
 

@@ -49,12 +49,47 @@ from . import config
 from .backends import cpu as _cpu
 from .api import thin_forward
 from .backends.state import LayerState, TrainingState
+from ._omp import gomp_runner
 from .kernels.cpu.parallel import single_threaded_blas as _single_threaded_blas
+from .kernels.cpu.parallel import tasks_on
 from .params import LSTMParams
 
 __all__ = ["LSTM", "LSTMCell", "from_torch", "to_torch", "replace_lstms"]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
+
+
+# ---------------------------------------------------------------------------- threads
+def _torch_runner():
+    """Parallel tasks on torch's OpenMP team (``fastlstm._omp``), or None where torch's intra-op
+    backend is not libgomp's OpenMP."""
+    try:
+        info = torch.__config__.parallel_info()
+    except Exception:  # pragma: no cover - builds without it
+        return None
+    if "parallel backend: OpenMP" not in info:
+        return None
+    import os
+    return gomp_runner(os.path.join(os.path.dirname(torch.__file__), "lib"))
+
+
+_RUNNER = _torch_runner()
+
+
+class _OwnThreads:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _task_threads():
+    """Where a CPU call's parallel tasks run: torch's threads (``CPUConfig.framework_threads``)
+    or fastlstm's pool."""
+    if _RUNNER is not None and config.current("cpu").framework_threads:
+        return tasks_on(_RUNNER)
+    return _OwnThreads()
 
 
 # ---------------------------------------------------------------------------- weights
@@ -167,7 +202,7 @@ def _lstm_impl(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: tor
     # kernel_xh off: the reserve's layout on every path. SciPy's BLAS on the calling thread:
     # torch's own threads spin between its ops, and a threaded BLAS call fights them (a small
     # training step ran 2-5x slower; bench/NOTES.md, "fastlstm.torch").
-    with config.options("cpu", kernel_xh=False), _single_threaded_blas():
+    with config.options("cpu", kernel_xh=False), _single_threaded_blas(), _task_threads():
         _, h, c, _, _ = _cpu.lstm_forward(_np(x), params, _np(h0), _np(c0), _np(lengths),
                                           mask_list, training, alloc=alloc)
     return y, torch.from_numpy(h), torch.from_numpy(c), reserve
@@ -202,7 +237,7 @@ def _lstm_backward_impl(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
         layer_in = y_l * mask_list[layer] if (mask_list and layer < L - 1) else y_l
     state = TrainingState("cpu", params, params.version, tuple(layers), _np(h0), _np(c0),
                           _np(lengths), mask_list, ("serial",) * L)
-    with _single_threaded_blas():
+    with _single_threaded_blas(), _task_threads():
         dx, dh0, dc0, dparams = _cpu.lstm_backward(state, _np(dy), _np(dh), _np(dc))
     return [torch.from_numpy(a) for a in (dx, dh0, dc0, *dparams.values())]
 
@@ -420,7 +455,7 @@ def _infer(weights, dims, x, h0, c0, module=None):
             h0n = np.zeros((L * D, B, params.output_size), dt)
         if c0n is None:
             c0n = np.zeros((L * D, B, params.hidden_size), dt)
-        with _single_threaded_blas():  # as in the operator (torch's threads spin)
+        with _single_threaded_blas(), _task_threads():  # as in the operator
             y, h, c, _, _ = _cpu.lstm_forward(xn, params, h0n, c0n, np.full(B, T, np.int64),
                                               None, False)
     return torch.from_numpy(y), torch.from_numpy(h), torch.from_numpy(c)

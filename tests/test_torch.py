@@ -432,3 +432,70 @@ def test_cuda_tensors_stay_on_the_gpu():
     yr.sum().backward()
     assert_close(y.detach().cpu().numpy(), yr.detach().cpu().numpy(), np.float32, "forward")
     assert_close(x.grad.cpu().numpy(), xr.grad.cpu().numpy(), np.float32, "grad")
+
+
+# ---------------------------------------------------------------------------- torch's threads
+def test_gomp_runner_runs_every_task_in_order_and_raises():
+    from fastlstm._omp import gomp_runner
+    run = flt._RUNNER
+    if run is None:
+        pytest.skip("torch's intra-op threads are not libgomp's OpenMP here")
+    import threading
+    out = run(lambda a, b: (a * b, threading.get_ident()), [(i, 10) for i in range(5)])
+    assert [v for v, _ in out] == [0, 10, 20, 30, 40]
+    assert len({t for _, t in out}) > 1  # a team, not the caller alone
+    # nested inside a team thread: a team of one runs all the tasks
+    nested = run(lambda k: run(lambda i: i + k, [(0,), (1,), (2,)]), [(100,), (200,)])
+    assert nested == [[100, 101, 102], [200, 201, 202]]
+
+    def boom(i):
+        if i == 2:
+            raise KeyError("task 2")
+        return i
+    with pytest.raises(KeyError, match="task 2"):
+        run(boom, [(i,) for i in range(4)])
+    assert gomp_runner("/nonexistent/dir") is not None  # any mapped libgomp will do
+
+
+@pytest.mark.parametrize("framework_threads", [True, False], ids=["torch-threads", "own-pool"])
+def test_parallel_layers_in_the_operators_run_on_the_chosen_threads(framework_threads,
+                                                                    monkeypatch):
+    if flt._RUNNER is None:
+        pytest.skip("torch's intra-op threads are not libgomp's OpenMP here")
+    import threading
+
+    from fastlstm import config
+    from fastlstm.backends import cpu as cpu_backend
+    from fastlstm.kernels.cpu.parallel import can_pin
+    if not can_pin():
+        pytest.skip("SciPy's OpenBLAS not found: no parallel path")
+    names = []
+
+    def spy(real):
+        def wrapped(*args):
+            names.append(threading.current_thread().name)
+            return real(*args)
+        return wrapped
+
+    monkeypatch.setattr(cpu_backend, "_forward_task", spy(cpu_backend._forward_task))
+    monkeypatch.setattr(cpu_backend, "_backward_task", spy(cpu_backend._backward_task))
+    ref, m = _pair(12, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 4, 3, dtype=F64)
+    with config.options("cpu", parallel_min_flop=0, threads=2, parallel_min_rows=1,
+                        framework_threads=framework_threads):
+        outs = []
+        for mod in (ref, m):
+            xi = x.clone().requires_grad_(True)
+            y, (h, c) = mod(xi)
+            (y.pow(2).sum() + h.sum() + c.sum()).backward()
+            outs.append((y, h, c, xi.grad, [p.grad for p in mod.parameters()]))
+    for a, b in zip(outs[1][:4], outs[0][:4]):
+        assert _rel(a, b) <= 1e-10
+    for a, b in zip(outs[1][4], outs[0][4]):
+        assert _rel(a, b) <= 1e-10
+    others = {n for n in names if n != threading.main_thread().name}
+    assert others, names
+    if framework_threads:  # ctypes callbacks on OpenMP threads show up as dummy threads
+        assert all(n.startswith("Dummy") for n in others), others
+    else:
+        assert all(n.startswith("fastlstm") for n in others), others

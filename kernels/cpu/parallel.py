@@ -18,6 +18,7 @@ False and the backend runs serially, as with one thread.
 """
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import glob
 import os
@@ -28,7 +29,7 @@ import numba
 import numpy as np
 from .jit import jit
 
-__all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "split_rows",
+__all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "tasks_on", "split_rows",
            "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
 
 _lock = threading.Lock()
@@ -143,8 +144,31 @@ def num_threads() -> int:
     return numba.get_num_threads()
 
 
+#: Another way to run a call's tasks (e.g. on a host framework's own worker threads): a
+#: callable ``runner(fn, tasks) -> results`` with :func:`run_tasks`' contract, set for a block
+#: of code with :class:`tasks_on`.
+_runner: contextvars.ContextVar = contextvars.ContextVar("fastlstm_task_runner", default=None)
+
+
+class tasks_on:
+    """Context manager: :func:`run_tasks` calls ``runner(fn, tasks)`` inside it (this thread
+    and task only; ``None`` restores the shared pool)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __enter__(self):
+        self._token = _runner.set(self.runner)
+        return self
+
+    def __exit__(self, *exc):
+        _runner.reset(self._token)
+        return False
+
+
 def run_tasks(fn, tasks) -> list:
-    """``[fn(*t) for t in tasks]``, the first on the calling thread, the rest on a shared pool.
+    """``[fn(*t) for t in tasks]``, the first on the calling thread, the rest on a shared pool
+    (or on the runner :class:`tasks_on` set).
 
     Tasks never wait on each other, so a busy pool only delays them (no deadlock). The pool
     grows to the largest call's size; tasks are submitted under the same lock, so a growing
@@ -153,6 +177,9 @@ def run_tasks(fn, tasks) -> list:
     """
     if len(tasks) == 1:
         return [fn(*tasks[0])]
+    runner = _runner.get()
+    if runner is not None:
+        return runner(fn, tasks)
     with _lock:
         if _state["size"] < len(tasks) - 1:
             if _state["pool"] is not None:
