@@ -111,7 +111,7 @@ def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
         s = last[4]()
     if s is None:
         key = ("cpu", "thin", B, threading.get_ident(), cfg)  # the blocking is cfg's
-        s = params.derived(key, lambda: Stepper(params, B))
+        s = params.derived(key, lambda: _new_thin_stepper(params, B))
         if s.params.version != s._version:
             s._sync()
         _thin.last = (weakref.ref(params), params.version, B, cfg, weakref.ref(s))  # no leak
@@ -121,6 +121,14 @@ def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
     if batch_first:
         y = y.reshape(B, T, P)
     return ForwardResult(y, s._h_view.copy(), s._c_view.copy(), None, ("step",) * L)
+
+
+def _new_thin_stepper(params, B) -> Stepper:
+    """A Stepper for this thread's small calls; the ones of threads that have ended go."""
+    live = {t.ident for t in threading.enumerate()}
+    params.forget_derived(lambda k: isinstance(k, tuple) and k[:2] == ("cpu", "thin")
+                          and k[3] not in live)
+    return Stepper(params, B)
 
 
 def _empty_forward(dev, params, inp) -> ForwardResult:

@@ -345,6 +345,13 @@ class LSTMParams:
                 return value
             return self._derived.setdefault(key, value)
 
+    def forget_derived(self, drop: Callable[[Hashable], bool]) -> None:
+        """Remove the derived data whose key ``drop(key)`` is true (e.g. per-thread buffers of
+        threads that have ended)."""
+        with self._lock:
+            for key in [k for k in self._derived if drop(k)]:
+                del self._derived[key]
+
     def update_(self, grads: Mapping, lr: float) -> "LSTMParams":
         """One plain gradient-descent step in place: ``p -= lr * g`` for each entry of ``grads``.
 

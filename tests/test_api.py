@@ -557,3 +557,19 @@ def test_small_inference_sees_in_place_updates_and_concurrent_callers():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_small_inference_buffers_of_ended_threads_are_dropped():
+    p = LSTMParams.init(3, 4, seed=2)
+    x = np.random.default_rng(3).standard_normal((2, 1, 3)).astype(np.float32)
+
+    def thin_keys():
+        return [k for k in p._derived if k[:2] == ("cpu", "thin")]
+
+    for _ in range(5):  # one short-lived thread after another
+        t = threading.Thread(target=fastlstm.forward, args=(x, p))
+        t.start()
+        t.join()
+    assert len(thin_keys()) <= 1  # each new thread's buffers replace the ended one's
+    fastlstm.forward(x, p)
+    assert [k[3] for k in thin_keys()] == [threading.get_ident()]
