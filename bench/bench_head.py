@@ -5,6 +5,11 @@
 Each benchmark first checks the loss and the gradients against the NumPy reference (the
 fastlstm.testing tolerance rule), then times one forward + backward. Groups are case names;
 ``extra_info`` carries the sizes and ``gflops`` (the three GEMMs: 6 N H V flop).
+
+``blas-floor`` is not a head: it times the three products alone (``y W^T``, ``G W``, ``y^T G``
+or ``G^T y``) into preallocated arrays, split over the threads as ours splits them, with
+SciPy's OpenBLAS: the floor under our time (what the row passes, allocation and hand-offs
+add is ours minus it).
 """
 from __future__ import annotations
 
@@ -50,10 +55,39 @@ CASES = [
     HeadCase(4_096, 256, 10_000),
     HeadCase(32_768, 256, 10_000),
 ]
-BACKENDS = ("fastlstm", "reference", "torch")
+BACKENDS = ("fastlstm", "reference", "torch", "blas-floor")
+
+
+def _floor_runner(y, W):
+    """The three products of one forward + backward, on ours's row blocks and threads."""
+    from fastlstm.kernels.cpu.head import grad_gemms
+    from fastlstm.kernels.cpu.parallel import (matmul_into, run_tasks, single_threaded_blas,
+                                               split_rows)
+    N, H = y.shape
+    V = W.shape[0]
+    parts = split_rows(N, head._threads(N, H, V))
+    g = np.empty((N, V), y.dtype)
+    g.fill(1e-3)
+    dy = np.empty((N, H), y.dtype)
+    shape = (H, V) if head._dw_transposed(V, H, y.dtype) else (V, H)
+    dws = [np.zeros(shape, y.dtype) for _ in parts]
+
+    def fwd(r0, r1):
+        matmul_into(y[r0:r1], W.T, g[r0:r1])
+
+    def bwd(r0, r1, dw):
+        grad_gemms(g[r0:r1], W, y[r0:r1], dy[r0:r1], dw)
+
+    def run():
+        with single_threaded_blas():
+            run_tasks(fwd, parts)
+            run_tasks(bwd, [(r0, r1, d) for (r0, r1), d in zip(parts, dws)])
+    return run
 
 
 def _runner(backend, y, W, b, t, threads):
+    if backend == "blas-floor":
+        return _floor_runner(y, W)
     if backend in ("fastlstm", "reference"):
         device = "cpu" if backend == "fastlstm" else "reference"
 
@@ -88,7 +122,7 @@ def test_head(benchmark, bench_timer, peer_threads, bench_threads, case, backend
     threads = peer_threads(backend) or bench_threads
     y, W, b, t = case.inputs()
     run = _runner(backend, y, W, b, t, threads)
-    if backend != "reference":
+    if backend not in ("reference", "blas-floor"):
         ref = _runner("reference", y, W, b, t, threads)()
         out = run()
         dt = np.dtype(case.dtype)

@@ -14,24 +14,31 @@ error), fused, with its backward.
 ``W`` (V, H) and ``b`` (V,) are ``torch.nn.Linear(H, V)``'s ``weight`` and ``bias``; the loss
 is ``torch.nn.functional.cross_entropy(linear(y).reshape(-1, V), targets.reshape(-1))``.
 
-CPU (``kernels/cpu/head.py``): one BLAS GEMM for the logits, one compiled pass per row for the
-numerically stable log-softmax and the cross-entropy; the backward writes ``softmax - onehot``
-over the logits buffer (no second (N, V) array) and takes ``dy``, ``dW`` as BLAS GEMMs, all
-without the GIL. GPU (``device="cuda"``, float32, ``kernels/cuda/head.py``): the same phases as
-numba.cuda kernels. ``device="reference"``: plain NumPy, the oracle.
+CPU (``kernels/cpu/head.py``): the forward runs blocks of rows on the backend's threads
+(``fastlstm.config`` / Numba's thread count), each a BLAS GEMM for its logits (on that thread)
+and one compiled pass per row, while the row is in cache, for the numerically stable
+log-softmax, the cross-entropy and the logits' gradient ``(softmax - onehot) * scale``, written
+over the logits (no second (N, V) array), with ``db``. The backward is the two GEMMs ``dy`` and
+``dW``, again per block of rows on the threads (the blocks' shares of ``dW`` added); all without
+the GIL, BLAS on the calling thread. Small heads (``PARALLEL_MIN_FLOP``) run on one thread. GPU (``device="cuda"``, float32, ``kernels/cuda/head.py``): numba.cuda kernels.
+``device="reference"``: plain NumPy, the oracle.
 
-The cache holds the (N, V) buffer; :func:`dense_softmax_xent_backward` turns it into the
-gradient in place, so a cache serves one backward call.
+The cache holds the (N, V) buffer (the gradient on the CPU, the exponentials for the reference
+and the GPU, where the backward turns it into the gradient in place); a cache serves one
+backward call. On the CPU the backward keeps that buffer for the next forward (one buffer, no
+first-touch page faults in a training loop); :func:`release_workspace` frees it.
 """
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = ["HeadResult", "HeadCache", "dense_softmax_xent", "dense_softmax_xent_backward",
-           "dense_softmax", "dense_mse", "dense_mse_backward", "dense"]
+           "dense_softmax", "dense_mse", "dense_mse_backward", "dense", "release_workspace"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -52,7 +59,8 @@ class HeadCache:
     y2: Any
     W: Any
     out: Any
-    aux: Any          # 1/sum(exp) per row (cross-entropy) or the targets (N, V) (squared error)
+    aux: Any          # cross-entropy: db (CPU; ``out`` already holds the gradient), 1/sum(exp)
+    #                   per row (reference) or the log-sum-exp (GPU); squared error: the targets
     targets: Any
     scale: Any
     y_shape: tuple
@@ -72,8 +80,9 @@ class HeadCache:
 def _is_gpu(a) -> bool:
     """A GPU array: anything exporting ``__cuda_array_interface__``, or a numba device array
     (also the simulator's, which exports nothing)."""
-    return (hasattr(a, "__cuda_array_interface__")
-            or type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
+    return type(a) is not np.ndarray and (
+        hasattr(a, "__cuda_array_interface__")
+        or type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
 
 
 def _device_of(device, *arrays) -> str:
@@ -85,6 +94,8 @@ def _device_of(device, *arrays) -> str:
 
 
 def _host(a, name):
+    if type(a) is np.ndarray:
+        return a
     if _is_gpu(a):
         if hasattr(a, "copy_to_host"):
             return a.copy_to_host()
@@ -116,12 +127,15 @@ def _check_yWb(y, W, b):
 
 
 def _row_scale(y_shape, lengths, reduction, per_row: int):
-    """(N,) float64 weights of the rows in the loss and the number of valid rows."""
+    """(N,) float64 weights of the rows in the loss, and the (N,) mask of the valid rows (None
+    when all are valid)."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    N = int(np.prod(y_shape[:-1]))
+    N = math.prod(y_shape[:-1])
     if lengths is None:
-        valid = np.ones(N, bool)
+        if N == 0:
+            return np.zeros(0), None
+        return np.full(N, 1.0 / (N * per_row) if reduction == "mean" else 1.0), None
     else:
         if len(y_shape) != 3:
             raise ValueError(f"lengths needs time-major y (T, B, H), got y of shape {y_shape}")
@@ -139,7 +153,9 @@ def _row_scale(y_shape, lengths, reduction, per_row: int):
     return scale, valid
 
 
-def _check_targets(targets, y_shape, V, valid):
+def _check_targets(targets, y_shape, V, valid, check_range=True):
+    """(N,) int64 targets; ``check_range=False`` leaves the 0..V-1 check to the caller (the
+    CPU kernel checks each valid row's target as it reads it: :func:`_target_error`)."""
     t = _host(targets, "targets")
     if t.dtype.kind not in "iu":
         raise TypeError(f"targets must be integer class indices, got dtype {t.dtype}")
@@ -147,11 +163,16 @@ def _check_targets(targets, y_shape, V, valid):
         raise ValueError(f"targets must have shape {tuple(y_shape[:-1])} (y's shape without H), "
                          f"got {t.shape}")
     t = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
-    tv = t[valid]
-    if tv.size and (tv.min() < 0 or tv.max() >= V):
-        raise ValueError(f"targets must lie in 0..V-1 = 0..{V - 1} (at valid steps), got values "
-                         f"from {int(tv.min())} to {int(tv.max())}")
+    if check_range:
+        tv = t if valid is None else t[valid]
+        if tv.size and (tv.min() < 0 or tv.max() >= V):
+            raise _target_error(tv, V)
     return t
+
+
+def _target_error(tv, V):
+    return ValueError(f"targets must lie in 0..V-1 = 0..{V - 1} (at valid steps), got values "
+                      f"from {int(tv.min())} to {int(tv.max())}")
 
 
 def _prepare(y, W, b, lengths, reduction, per_row):
@@ -194,16 +215,135 @@ def dense_softmax_xent(y, W, b, targets, lengths=None, reduction: str = "mean", 
     if dev == "cuda":
         return _cuda_xent(y, W, b, targets, lengths, reduction)
     y, y2, W, b, scale, valid = _prepare(y, W, b, lengths, reduction, 1)
-    t = _check_targets(targets, y.shape, W.shape[0], valid)
-    N, V = y2.shape[0], W.shape[0]
+    V = W.shape[0]
+    t = _check_targets(targets, y.shape, V, valid, check_range=dev == "reference")
     if dev == "reference":
-        loss, buf, inv = _ref_xent(y2, W, b, t, scale)
+        loss, buf, aux = _ref_xent(y2, W, b, t, scale)
     else:
-        from .kernels.cpu.head import xent_forward
-        buf = np.empty((N, V), y.dtype)
-        inv = np.empty(N, y.dtype)
-        loss = xent_forward(y2, W, b, t, scale, buf, inv)
-    return HeadResult(float(loss), HeadCache("xent", dev, y2, W, buf, inv, t, scale, y.shape))
+        loss, buf, aux = _cpu_xent(y2, W, b, t, scale)
+        if loss is None:
+            raise _target_error(t if valid is None else t[valid], V)
+    return HeadResult(float(loss), HeadCache("xent", dev, y2, W, buf, aux, t, scale, y.shape))
+
+
+_spare_lock = threading.Lock()
+_spare: list = []  # at most one flat buffer a CPU backward handed back, for the next forward
+
+
+def _gradient_buffer(N, V, dtype) -> np.ndarray:
+    """An (N, V) array for a CPU forward: the spare buffer when it is large enough (a fresh
+    array costs first-touch page faults, ~20 ms per 160 MB here), else a new one."""
+    with _spare_lock:
+        if _spare and _spare[0].dtype == dtype and _spare[0].size >= N * V:
+            return _spare.pop()[:N * V].reshape(N, V)
+    return np.empty(N * V, dtype).reshape(N, V)
+
+
+def _give_back(buf) -> None:
+    """A CPU backward is done with its cache's (N, V) buffer: keep it for the next forward."""
+    base = buf.base
+    if isinstance(base, np.ndarray) and base.ndim == 1 and base.flags.c_contiguous:
+        with _spare_lock:
+            _spare[:] = [base]
+
+
+def release_workspace() -> None:
+    """Free the (N, V) buffer the CPU head keeps between a backward and the next forward."""
+    with _spare_lock:
+        _spare.clear()
+
+
+#: Products of the head (``2 N H V`` flop, the forward's GEMM) below which it runs on one thread:
+#: under it the two tasks' hand-offs (~75 us per call for two tasks here) cost more than the
+#: second core saves.
+PARALLEL_MIN_FLOP = 16e6
+
+
+def _threads(N, H, V) -> int:
+    """Threads for a CPU head call: the backend's count (``fastlstm.config`` / Numba's), 1 for
+    small products or where SciPy's OpenBLAS cannot be pinned to one thread per task."""
+    if 2.0 * N * H * V < PARALLEL_MIN_FLOP:
+        return 1
+    from .backends.cpu import num_threads
+    from .kernels.cpu.parallel import can_pin
+    n = num_threads()
+    if n < 2 or N < 2 * n or not can_pin():
+        return 1
+    return n
+
+
+def _cpu_xent(y2, W, b, t, scale):
+    """The CPU forward: blocks of rows on the threads, each its GEMM (BLAS on that thread) and
+    its rows' pass while they are in cache. Returns (loss, G (N, V) the logits' gradient, db),
+    or three None where a valid row's target is outside 0..V-1.
+
+    BLAS is pinned to the calling thread even for a one-task call: OpenBLAS's own threads
+    (which spin and wait on each other) turn sub-millisecond products into 8-24 ms ones when
+    another process holds a core (measured on a loaded 2-core machine)."""
+    from .kernels.cpu.head import xent_forward
+    from .kernels.cpu.parallel import run_tasks, single_threaded_blas, split_rows
+    N, H = y2.shape
+    V = W.shape[0]
+    g = _gradient_buffer(N, V, y2.dtype)
+    P = _threads(N, H, V)
+    acc = np.zeros((P, V))
+    if P == 1:
+        with single_threaded_blas():
+            out = [xent_forward(y2, W, b, t, scale, g, acc[0])] if N else []
+    else:
+        def task(i, r0, r1):
+            return xent_forward(y2[r0:r1], W, b, t[r0:r1], scale[r0:r1], g[r0:r1], acc[i])
+        with single_threaded_blas():
+            out = run_tasks(task, [(i, r0, r1) for i, (r0, r1) in enumerate(split_rows(N, P))])
+    if any(bad for _, bad in out):
+        return None, None, None
+    loss = sum(part for part, _ in out)
+    db = (acc[0] if P == 1 else acc.sum(axis=0)).astype(y2.dtype)
+    return loss, g, db
+
+
+def _dw_transposed(V, H, dtype) -> bool:
+    """Whether the weight gradient goes through its transpose ``y^T G`` (then one (H, V) -> (V, H)
+    copy) rather than ``G^T y``. Measured with SciPy's OpenBLAS (SkylakeX kernels, one thread,
+    16 384 rows): ``y^T G`` is 1.45-1.85x faster in float32 at V <= H/4 (H = 256, V = 16-64;
+    neutral at H = 64 and 512) and 1.2-1.9x faster in float64 at V >= 4H (H = 64-512), slower
+    (0.6-0.9x) in float64 at small V and in float32 at V >= H."""
+    if dtype == np.float32:
+        return 4 * V <= H
+    return V >= 4 * H
+
+
+def _cpu_grad_gemms(g, W, y2):
+    """``dy = g W`` and ``dW = g^T y2``: each thread takes a block of rows, its rows of ``dy``
+    and its rows' share of the sum in ``dW`` (the shares added after: ``V H`` additions per
+    extra thread, against ``2 N V H`` flop of product). The same shapes on every thread keep
+    them balanced (one thread on ``dy`` and another on ``dW`` differ by up to 1.5x, as
+    OpenBLAS runs the two shapes at different rates)."""
+    from .kernels.cpu.head import grad_gemms
+    from .kernels.cpu.parallel import run_tasks, single_threaded_blas, split_rows
+    N, V = g.shape
+    H = y2.shape[1]
+    dt = y2.dtype
+    dy = np.empty((N, H), dt)
+    if N == 0:
+        return dy, np.zeros((V, H), dt)
+    P = _threads(N, H, V)
+    shape = (H, V) if _dw_transposed(V, H, dt) else (V, H)
+    dW_parts = [np.empty(shape, dt) for _ in range(P)]
+    if P == 1:
+        with single_threaded_blas():
+            grad_gemms(g, W, y2, dy, dW_parts[0])
+    else:
+        def task(r0, r1, dw):
+            grad_gemms(g[r0:r1], W, y2[r0:r1], dy[r0:r1], dw)
+        with single_threaded_blas():
+            run_tasks(task, [(r0, r1, d) for (r0, r1), d in zip(split_rows(N, P), dW_parts)])
+    dW = dW_parts[0]
+    for d in dW_parts[1:]:
+        dW += d
+    if shape != (V, H):
+        dW = np.ascontiguousarray(dW.T)
+    return dy, dW
 
 
 def _take(cache, kind):
@@ -230,16 +370,13 @@ def dense_softmax_xent_backward(cache: HeadCache):
     c = _take(cache, "xent")
     if c.device == "cuda":
         return _cuda_xent_backward(c)
-    N, H = c.y2.shape
-    V = c.W.shape[0]
     if c.device == "reference":
         dy, dW, db = _ref_xent_backward(c.out, c.aux, c.targets, c.scale, c.W, c.y2)
     else:
-        from .kernels.cpu.head import xent_backward
-        dy = np.empty((N, H), c.y2.dtype)
-        dW = np.empty((V, H), c.y2.dtype)
-        db = np.empty(V, c.y2.dtype)
-        xent_backward(c.out, c.aux, c.targets, c.scale, c.W, c.y2, dy, dW, db)
+        dy, dW = _cpu_grad_gemms(c.out, c.W, c.y2)
+        db = c.aux
+        _give_back(c.out)
+        c.out = None
     return dy.reshape(c.y_shape), dW, db
 
 

@@ -187,11 +187,90 @@ def test_mse_single_output_targets():
         assert_close(x, z, np.float64, "grad")
 
 
-@pytest.mark.parametrize("dtype, lo, bound", [(np.float64, -700.0, 3e-14), (np.float64, -30.0, 2e-15),
-                                               (np.float32, -80.0, 3e-7)])
+@pytest.mark.parametrize("dtype, lo, bound", [(np.float64, -708.0, 4.5e-16), (np.float64, -30.0, 4.5e-16),
+                                               (np.float32, -87.0, 2e-7)])
 def test_exp_bound(dtype, lo, bound):
     x = np.linspace(lo, 0.0, 100_001).astype(dtype)
     out = np.empty_like(x)
     exp_nonpos(x, out)
     ref = np.exp(x.astype(np.float64))
     assert np.max(np.abs(out - ref) / ref) <= bound
+
+
+def _check_xent(y, W, b, t, lengths, dtype, reduction="mean"):
+    loss, gy, gW, gb = _numpy_xent(y, W, b, t, lengths, reduction)
+    res = head.dense_softmax_xent(y, W, b, t, lengths=lengths, reduction=reduction)
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    assert abs(res.loss - loss) <= tol * max(1.0, abs(loss))
+    dy, dW, db = head.dense_softmax_xent_backward(res.cache)
+    assert dy.dtype == dW.dtype == db.dtype == np.dtype(dtype)
+    assert dW.shape == W.shape and dW.flags.c_contiguous
+    for name, a, r in zip(("dy", "dW", "db"), (dy, dW, db), (gy, gW, gb)):
+        assert_close(a, r, dtype, "grad", name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_xent_threaded_blocks(dtype, threads):
+    """Products above PARALLEL_MIN_FLOP run as row blocks on the threads (forward: each block's
+    GEMM and rows; backward: each block's dy rows and share of dW, the shares added)."""
+    from fastlstm import config
+    T, B, H, V = 40, 25, 32, 160           # 2 N H V = 10 M flop
+    y, W, b, t = _inputs(dtype, T=T, B=B, H=H, V=V, seed=7)
+    lengths = np.random.default_rng(8).integers(0, T + 1, B)
+    old = head.PARALLEL_MIN_FLOP
+    head.PARALLEL_MIN_FLOP = 1e6
+    try:
+        with config.options("cpu", threads=threads):
+            assert head._threads(T * B, H, V) == (threads if threads > 1 and _can_pin() else 1)
+            _check_xent(y, W, b, t, lengths, dtype)
+            _check_xent(y, W, b, t, None, dtype, "sum")
+    finally:
+        head.PARALLEL_MIN_FLOP = old
+
+
+def _can_pin():
+    from fastlstm.kernels.cpu.parallel import can_pin
+    return can_pin()
+
+
+@pytest.mark.parametrize("dtype, H, V", [(np.float32, 32, 4), (np.float32, 8, 40),
+                                         (np.float64, 8, 40), (np.float64, 32, 4)])
+def test_xent_weight_gradient_forms(dtype, H, V):
+    """Both forms of the weight gradient (G^T y, and (y^T G)^T where OpenBLAS runs it faster)."""
+    assert head._dw_transposed(V, H, np.dtype(dtype)) == ((4 * V <= H) if dtype == np.float32
+                                                           else (V >= 4 * H))
+    y, W, b, t = _inputs(dtype, T=7, B=3, H=H, V=V, seed=11)
+    _check_xent(y, W, b, t, np.array([7, 3, 0]), dtype)
+
+
+def test_xent_buffer_reuse():
+    """The backward hands its (N, V) buffer to the next forward; caches still outstanding keep
+    their own (two forwards, then both backwards)."""
+    y, W, b, t = _inputs(np.float32, seed=3)
+    y2, _, _, t2 = _inputs(np.float32, seed=4)
+    want1 = head.dense_softmax_xent_backward(head.dense_softmax_xent(y, W, b, t, device="reference").cache)
+    want2 = head.dense_softmax_xent_backward(head.dense_softmax_xent(y2, W, b, t2, device="reference").cache)
+    for _ in range(2):
+        r1 = head.dense_softmax_xent(y, W, b, t)
+        r2 = head.dense_softmax_xent(y2, W, b, t2)
+        assert not np.shares_memory(r1.cache.out, r2.cache.out)
+        got2 = head.dense_softmax_xent_backward(r2.cache)
+        r3 = head.dense_softmax_xent(y2[:3], W, b, t2[:3])      # takes r2's buffer
+        got1 = head.dense_softmax_xent_backward(r1.cache)
+        for a, r in zip(got1 + got2, want1 + want2):
+            assert_close(a, r, np.float32, "grad")
+        head.dense_softmax_xent_backward(r3.cache)
+    head.release_workspace()
+    assert not head._spare
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_xent_nan_propagates(dtype):
+    y, W, b, t = _inputs(dtype, seed=5)
+    y[2, 1, 0] = np.nan
+    res = head.dense_softmax_xent(y, W, b, t)
+    ref = head.dense_softmax_xent(y, W, b, t, device="reference")
+    assert np.isnan(res.loss) and np.isnan(ref.loss)
+    dy, _, _ = head.dense_softmax_xent_backward(res.cache)
+    assert np.all(np.isnan(dy[2, 1])) and np.all(np.isfinite(dy[0]))
