@@ -173,6 +173,8 @@ def _view(flat: np.ndarray, part):
 
 
 def _np(t):
+    if not t.requires_grad and t.is_contiguous():
+        return t.numpy()
     return t.detach().contiguous().numpy()
 
 
@@ -331,7 +333,7 @@ else:
 
 # ---------------------------------------------------------------------------- modules
 def _check_dtype(t, what):
-    ok = _CPU_DTYPES if t.device.type == "cpu" else (torch.float32,)
+    ok = _CPU_DTYPES if t.is_cpu else (torch.float32,)
     if t.dtype not in ok:
         names = " or ".join(str(d).removeprefix("torch.") for d in ok)
         raise TypeError(f"{what} must be {names} on {t.device.type}, got {t.dtype} "
@@ -354,7 +356,7 @@ def _run(weights, dims, x, h0, c0, lengths, masks):
 def _eager_inference(x) -> bool:
     """A call with nothing to record: no autograd, no tracing, host tensors. It runs the CPU
     backend directly (no operator dispatch, no reserve; the step kernel for a few rows)."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return x.is_cpu and not torch.compiler.is_compiling()
 
 
 _module_params: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
