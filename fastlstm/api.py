@@ -112,15 +112,11 @@ def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
     if s is None:
         key = ("cpu", "thin", B, threading.get_ident(), cfg)  # the blocking is cfg's
         s = params.derived(key, lambda: _new_thin_stepper(params, B))
-        if s.params.version != s._version:
-            s._sync()
         _thin.last = (weakref.ref(params), params.version, B, cfg, weakref.ref(s))  # no leak
-    s._set_state(0.0 if h0 is None else h0, 0.0 if c0 is None else c0)
-    y = np.empty((T, B, P), dt)
-    s._steps_call()(x.reshape(T, B, x.shape[2]), y)
+    y, h, c = s._forward_chunk(x.reshape(T, B, x.shape[2]), h0, c0)
     if batch_first:
         y = y.reshape(B, T, P)
-    return ForwardResult(y, s._h_view.copy(), s._c_view.copy(), None, ("step",) * L)
+    return ForwardResult(y, h, c, None, ("step",) * L)
 
 
 def _new_thin_stepper(params, B) -> Stepper:

@@ -338,6 +338,17 @@ class Stepper:
         self._call(x_t, out)
         return out
 
+    def _forward_chunk(self, x, h0, c0):
+        """``forward``'s small inference call on this Stepper's buffers: the state set from
+        ``h0``, ``c0`` (None: zeros), the chunk ``x`` (T, B, I; the checks are the caller's)
+        stepped through in one compiled call. Returns new arrays ``y, h, c``."""
+        if self.params.version != self._version:
+            self._sync()
+        self._set_state(0.0 if h0 is None else h0, 0.0 if c0 is None else c0)
+        y = np.empty((x.shape[0], self.batch_size, self._P), self._dt)
+        self._steps_call()(x, y)
+        return y, self._h_view.copy(), self._c_view.copy()
+
     def _chunk_shape(self, shape):
         B, I = self._xshape
         if len(shape) != 3 or tuple(shape[1:]) != (B, I):
