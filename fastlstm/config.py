@@ -28,6 +28,23 @@ class CPUConfig:
     split_max_mnk: int = 1 << 26
     #: Fewest rows per chunk worth a wider block when no block fits whole rows (item 11).
     chunk_min_rows: int = 24
+    #: Per-step products of at most this many rows, whose weights take at most
+    #: ``micro_max_bytes``, run the register-blocked kernel (``kernels/cpu/smallgemm.py``) on
+    #: weights in tile-wide column blocks instead of BLAS (bench/NOTES.md, "Few rows"). 0: never.
+    micro_max_rows: int = 4
+    micro_max_bytes: int = 1 << 20
+    #: Inference layers of at most this many sequences (one direction, no projection, equal
+    #: lengths, at least ``duo_min_steps`` steps, ``duo_min_hidden`` units and at most
+    #: ``duo_max_bytes`` of weights) run on two cores split by hidden units, the second core
+    #: claiming its half of each step (``kernels/cpu/duo.py``; bench/NOTES.md, "Two cores at
+    #: batch 1-4": the per-step exchange costs ~0.4 us, more than a half step saves below
+    #: H = 128). 0: never.
+    duo_max_rows: int = 4
+    duo_min_steps: int = 16
+    duo_min_hidden: int = 128
+    duo_max_bytes: int = 3 << 19
+    #: Pause loops (~30-150 ns each) the partner thread spins for the next job before sleeping.
+    duo_spins: int = 20_000
     #: Useful FLOPs of one layer below which it runs on one thread (item 9).
     parallel_min_flop: float = 20e6
     #: A layer run on one thread with fewer useful FLOPs than this keeps its BLAS calls on the

@@ -47,14 +47,6 @@ def _align(n: int, a: int) -> int:
     return -(-n // a) * a
 
 
-def _aligned_zeros(n: int, dtype) -> np.ndarray:
-    """A 1-D zero array of ``n`` elements whose data starts on a 64-byte boundary."""
-    dt = np.dtype(dtype)
-    raw = np.zeros(n + 64 // dt.itemsize, dt)
-    skip = (-raw.ctypes.data % 64) // dt.itemsize
-    return raw[skip:skip + n]
-
-
 def _spec(params: LSTMParams, B: int) -> layout.CallSpec:
     """The shapes of a one-step call of ``B`` sequences, for the state rules of
     :mod:`fastlstm.layout`."""
@@ -183,6 +175,7 @@ class Stepper:
     def _init_buffers(self):
         from .backends.cpu import block_shape
         from .kernels.cpu import step as kstep
+        from .kernels.cpu.smallgemm import aligned_zeros
         p, B, dt = self.params, self.batch_size, self._dt
         L, H, P = self._L, self._H, self._P
         G = 4 * H
@@ -192,11 +185,12 @@ class Stepper:
         wlay, n = [], 0
         for layer in range(L):
             I = p.layer_input_size(layer)
-            cols, mb_w = block_shape(B, I + P, G, True, cfg)  # columns per block, rows per chunk
+            # columns per block, rows per chunk (0: the register-blocked kernel)
+            cols, mb_w = block_shape(B, I + P, G, True, cfg, dt.itemsize)
             n_w = G // cols
             o_w, n = n, _align(n + (I + P) * G, a)
             o_b, n = n, _align(n + G, a)
-            cols, mb_r = block_shape(B, H, P, True, cfg) if p.proj_size else (P, B)
+            cols, mb_r = block_shape(B, H, P, True, cfg, dt.itemsize) if p.proj_size else (P, B)
             n_r = P // cols
             o_r, n = n, _align(n + (H * P if p.proj_size else 0), a)
             wlay.append((I, o_w, n_w, mb_w, o_b, o_r, n_r, mb_r))
@@ -212,7 +206,7 @@ class Stepper:
         for I, o_w, n_w, mb_w, o_b, o_r, n_r, mb_r in wlay:
             per_layer += [I, o_w, n_w, mb_w, o_b, o_r, n_r, mb_r, n]
             n = _align(n + B * (I + P), a)
-        self._s = _aligned_zeros(n, dt)
+        self._s = aligned_zeros(n, dt)
         self._meta = np.array([L, B, H, P, int(p.proj_size > 0)] + offs + per_layer, np.int64)
         assert len(offs) + 5 == kstep.META_HEADER and len(per_layer) == L * kstep.META_PER_LAYER
         self._h_view = self._s[o_h:o_h + L * B * P].reshape(L, B, P)
@@ -226,7 +220,8 @@ class Stepper:
         """The weights in the layout ``kernels/cpu/step.py`` reads (see ``_init_buffers``)."""
         p, H, P = self.params, self._H, self._P
         G = 4 * H
-        buf = _aligned_zeros(self._wsize, self._dt)
+        from .kernels.cpu.smallgemm import aligned_zeros
+        buf = aligned_zeros(self._wsize, self._dt)
         for layer, (I, o_w, n_w, _, o_b, o_r, n_r, _) in enumerate(self._wlayout):
             w_ih, w_hh, b_ih, b_hh, w_hr = p.layer_weights(layer, 0)
             K = I + P

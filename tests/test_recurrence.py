@@ -178,7 +178,7 @@ def test_blocked_step_products_match_reference(cfg, dtype):
     """Force the per-step products into 16-column blocks (the path large sizes take)."""
     from fastlstm.backends import cpu as cpu_backend
     # a threshold every 16-column block fits under, but no whole product does
-    with fastlstm.config.options("cpu", small_gemm_mnk=cfg.B * 4 * cfg.H * 16):
+    with fastlstm.config.options("cpu", small_gemm_mnk=cfg.B * 4 * cfg.H * 16, micro_max_rows=0):
         assert cpu_backend.block_shape(cfg.B, cfg.P, 4 * cfg.H)[0] < 4 * cfg.H  # >1 block
         p = make_problem(cfg, dtype, seed=12)
         f_ref, b_ref = run(p, "reference")
@@ -201,6 +201,15 @@ def test_block_shape_rule():
     assert block_shape(128, 1024, 4096) == (4096, 128)   # > 2^26: one threaded call
     assert block_shape(128, 1024, 4096, threaded=False) == (32, 30)  # a pinned task: blocks
     assert block_shape(64, 1024, 250) == (250, 3)        # no 16-column divisor: rows only
+    # few rows with the item size given: tile-wide blocks for the register-blocked kernel
+    assert block_shape(4, 128, 512, itemsize=4) == (64, 0)    # 64 float32 columns
+    assert block_shape(3, 64, 256, itemsize=8) == (32, 0)     # 32 float64 columns
+    assert block_shape(2, 64, 256, itemsize=4) == (128, 0)    # 1-2 rows: 8-vector tiles
+    assert block_shape(4, 32, 96, itemsize=4) == (48, 0)      # widest vector multiple dividing N
+    assert block_shape(3, 20, 80, itemsize=4) == (80, 0)      # ... from two vectors: one block
+    assert block_shape(2, 8, 132, itemsize=4) == (132, 0)     # none: one block, a scalar tail
+    assert block_shape(5, 128, 512, itemsize=4) == (512, 5)   # more rows: BLAS
+    assert block_shape(1, 1024, 4096, itemsize=4) == (512, 1)   # 16 MB of weights: BLAS
 
 
 def test_fuse_dx_rule():
@@ -219,7 +228,8 @@ def test_row_chunked_step_products_match_reference(dtype):
     """Force row chunks as well as column blocks in every per-step product."""
     from fastlstm.backends import cpu as cpu_backend
     cfg = Config(T=5, B=7, I=4, H=32, proj=16, bidirectional=True, lengths=True)
-    with fastlstm.config.options("cpu", small_gemm_mnk=2 * 32 * 16):  # 16 cols x 2 rows (K=32)
+    # 16 cols x 2 rows (K=32), BLAS rather than the few-rows kernel
+    with fastlstm.config.options("cpu", small_gemm_mnk=2 * 32 * 16, micro_max_rows=0):
         assert cpu_backend.block_shape(7, 16, 128) == (32, 2)   # forward W_hh: cols and rows
         assert cpu_backend.block_shape(7, 128, 16) == (16, 1)   # backward W_hh: rows only
         p = make_problem(cfg, dtype, seed=13)

@@ -124,7 +124,7 @@ def test_products_in_column_blocks_and_row_chunks():
     """Tiny thresholds force the blocked products (several column blocks, one row per chunk)."""
     params, x, h0, c0 = _problem(10, 8, 2, 5, 5, F64, True)
     res = _forward(x, params, h0, c0)
-    with fastlstm.config.options("cpu", small_gemm_mnk=300):
+    with fastlstm.config.options("cpu", small_gemm_mnk=300, micro_max_rows=0):
         s = Stepper(params, 5, h0, c0)
     assert any(layer[2] > 1 and layer[3] < 5 for layer in s._wlayout)  # blocks, row chunks
     ys = np.stack([s.step(xt) for xt in x])

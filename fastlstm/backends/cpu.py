@@ -45,6 +45,7 @@ import numpy as np
 from .. import config
 from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
                                     run_tasks, single_threaded_blas, split_rows)
+from ..kernels.cpu import duo, smallgemm
 from ..kernels.cpu.recurrence import (BackwardOut, BackwardWeights, Blocks, ForwardOut,
                                       ForwardWeights, Saved, StepInput, recurrence_backward,
                                       recurrence_forward, stack_x_hprev)
@@ -108,17 +109,24 @@ def num_threads(cfg: config.CPUConfig | None = None) -> int:
 
 
 def block_shape(M: int, K: int, N: int, threaded: bool = True,
-                cfg: config.CPUConfig | None = None) -> tuple[int, int]:
+                cfg: config.CPUConfig | None = None, itemsize: int = 0) -> tuple[int, int]:
     """(columns per block, rows per chunk) for the per-step product (M, K) x (K, N).
 
-    One call (N, M) when the product is already under the small-matrix threshold
-    (``small_gemm_mnk``), or over ``split_max_mnk`` when BLAS may thread it (``threaded``; a
-    parallel task's BLAS is pinned to one thread, where blocks always win); else the widest
-    multiple of 16 dividing N with M*K*width under the threshold; if even 16 columns are over
-    it, chunks of rows under the threshold, in the widest of 64, 32, 16 columns that still
-    gives ``chunk_min_rows`` rows (32 or 16 when none does; N when N has no such divisor).
+    Few rows (M <= ``micro_max_rows``, weights of ``itemsize``-byte values within
+    ``micro_max_bytes``): blocks one register tile wide (``kernels/cpu/smallgemm.py``; the
+    widest multiple of a vector dividing N from two vectors up to a tile, N when none does:
+    narrower tiles would each wait on one chain of FMAs) and rows per chunk
+    0, which tells the kernels to use that kernel instead of BLAS. Otherwise BLAS: one call
+    (N, M) when the product is already under the small-matrix threshold (``small_gemm_mnk``),
+    or over ``split_max_mnk`` when BLAS may thread it (``threaded``; a parallel task's BLAS is
+    pinned to one thread, where blocks always win); else the widest multiple of 16 dividing N
+    with M*K*width under the threshold; if even 16 columns are over it, chunks of rows under
+    the threshold, in the widest of 64, 32, 16 columns that still gives ``chunk_min_rows`` rows
+    (32 or 16 when none does; N when N has no such divisor).
     """
     cfg = cfg or config.current("cpu")
+    if itemsize and 0 < M <= cfg.micro_max_rows and K * N * itemsize <= cfg.micro_max_bytes:
+        return _tile_width(M, N, itemsize), 0
     small = cfg.small_gemm_mnk
     if M * K * N <= small or (threaded and M * K * N > cfg.split_max_mnk):
         return N, M
@@ -136,20 +144,36 @@ def block_shape(M: int, K: int, N: int, threaded: bool = True,
     return w, max(1, min(M, small // (K * w)))
 
 
+def _tile_width(M: int, N: int, itemsize: int) -> int:
+    """Columns per block for the register-blocked kernel (see :func:`block_shape`)."""
+    lanes = 64 // itemsize
+    tile = smallgemm.tile_columns(itemsize, M)
+    widths = [w for w in range(2 * lanes, tile + 1, lanes) if N % w == 0]
+    return widths[-1] if widths else N
+
+
 def col_blocks(params, key, w, M, threaded=True, cfg=None):
     """``w`` (K, N) as contiguous column blocks (n, K, N/n) for products with M rows, and the
     rows per chunk (``block_shape``); memoised on the params (``LSTMParams.derived``). A single
-    block is a view of a writable ``w`` (a read-only one, e.g. a parameter, is copied once: the
-    kernels are compiled for writable arrays)."""
+    block for BLAS is a view of a writable ``w`` (a read-only one, e.g. a parameter, is copied
+    once: the kernels are compiled for writable arrays); blocks for the few-rows kernel are
+    always a 64-byte aligned copy."""
     K, N = w.shape
     if K == 0:
         return np.empty((0, 0, 0), w.dtype), max(M, 1)
-    nb, mb = block_shape(M, K, N, threaded, cfg)
-    if nb == N and w.flags.writeable:
+    nb, mb = block_shape(M, K, N, threaded, cfg, w.dtype.itemsize)
+    if nb == N and w.flags.writeable and mb > 0:
         return w.reshape(1, K, N), mb
-    blocks = params.derived(("cpu", "blocks", key, nb),
-                            lambda: w.reshape(K, N // nb, nb).transpose(1, 0, 2).copy())
+    blocks = params.derived(("cpu", "blocks", key, nb), lambda: _blocked(w, nb))
     return blocks, mb
+
+
+def _blocked(w, nb):
+    """``w`` (K, N) as column blocks (N/nb, K, nb), 64-byte aligned (``smallgemm``)."""
+    K, N = w.shape
+    out = smallgemm.aligned_zeros((N // nb, K, nb), w.dtype)
+    out[...] = w.reshape(K, N // nb, nb).transpose(1, 0, 2)
+    return out
 
 
 @dataclass(frozen=True)
@@ -185,6 +209,72 @@ def _prepare_uncached(params, layer) -> _Prepared:
     # per direction, for a parallel task's own phase 1; with one direction the stacked array
     w_ih_t = [w_ih_cat_t] if D == 1 else [np.ascontiguousarray(w.T) for w in w_ih]
     return _Prepared(w_ih_cat_t, w_ih_t, w_ih, bias, w_hh_t, w_hh, w_hr_t, w_hr)
+
+
+@dataclass(frozen=True)
+class _Duo:
+    """One layer's weights for :func:`kernels.cpu.duo.duo_forward`: units split at ``H0``,
+    gate columns in the halves' order (``[i f g o]`` of units [0, H0), then of [H0, H)); per
+    half q, ``wa_q`` = rows ``[W_ih^T ; W_hh^T of q's units]`` and ``wb_q`` = W_hh^T rows of the
+    other half's units, q's columns only, in aligned column blocks."""
+    H0: int
+    bias: np.ndarray         # (4H,)
+    wa0: np.ndarray
+    wb0: np.ndarray
+    wa1: np.ndarray
+    wb1: np.ndarray
+
+
+def _duo_weights(params, layer, B) -> _Duo:
+    prep = _prepare(params, layer)
+    H = params.hidden_size
+    dt = params.dtype
+    # halves on separate cache lines of h, c and y: H0 a multiple of 64 bytes where H allows
+    step = 64 // dt.itemsize if H >= 128 // dt.itemsize else 4
+    H0 = max(step, (H // 2 + step // 2) // step * step) if H >= 8 else H // 2
+    units = (np.arange(H0), np.arange(H0, H))
+    cols = [np.concatenate([g * H + u for g in range(4)]) for u in units]
+    w_ih_t, w_hh_t = prep.w_ih_cat_t, prep.w_hh_t[0]
+
+    def blocks(w):
+        return _blocked(w, _tile_width(B, w.shape[1], dt.itemsize))
+
+    parts = []
+    for q in (0, 1):
+        own, other = units[q], units[1 - q]
+        parts.append(blocks(np.concatenate([w_ih_t[:, cols[q]], w_hh_t[own][:, cols[q]]])))
+        parts.append(blocks(w_hh_t[other][:, cols[q]]))
+    return _Duo(H0, np.ascontiguousarray(prep.bias[0][np.concatenate(cols)]), *parts)
+
+
+def _duo_ok(params, T, B, I, lengths, training, cfg) -> bool:
+    """Whether a serial layer runs on two cores split by hidden units (``CPUConfig.duo_*``)."""
+    H = params.hidden_size
+    return (not training and params.num_directions == 1 and params.proj_size == 0
+            and 0 < B <= cfg.duo_max_rows and T >= cfg.duo_min_steps
+            and H >= cfg.duo_min_hidden and num_threads(cfg) >= 2
+            and 4 * H * (I + H) * params.dtype.itemsize <= cfg.duo_max_bytes
+            and not numba.config.DISABLE_JIT and bool((lengths == T).all()))
+
+
+def _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg) -> bool:
+    """One inference layer on two cores (False, nothing done, when the partner thread is held
+    by another call)."""
+    T, B, _ = layer_in.shape
+    H = params.hidden_size
+    dt = params.dtype
+    w = params.derived(("cpu", "duo", layer, smallgemm.tile_columns(dt.itemsize, B)),
+                       lambda: _duo_weights(params, layer, B))
+    hbuf = smallgemm.aligned_empty((2, B, H), dt)
+    hbuf[0] = h0[layer]
+    c = smallgemm.aligned_empty((B, H), dt)
+    c[...] = c0[layer]
+    if not duo.partner(cfg.duo_spins).run(layer_in, w.wa0, w.wb0, w.wa1, w.wb1, w.bias, hbuf,
+                                          c, y, w.H0):
+        return False
+    h_n[layer] = hbuf[T % 2]
+    c_n[layer] = c
+    return True
 
 
 def plan_tasks(D, B, flop, cfg=None):
@@ -337,7 +427,7 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
     (T, B, D*H_out) the output of layer l, and in training ``"gates{l}.{d}"`` (T, B, 4H) and
     ``"cells{l}.{d}"`` (T, B, H)."""
     cfg = config.current("cpu")
-    new = alloc or (lambda name, shape: np.empty(shape, params.dtype))
+    new = alloc or (lambda name, shape: smallgemm.aligned_empty(shape, params.dtype))
     T, B, _ = x.shape
     L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
     dt = params.dtype
@@ -357,6 +447,12 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
         if not parallel:
             tasks = [(d, 0, B) for d in range(D)]
             pin = single_threaded_blas() if _pin_serial(flop, cfg) else _NO_PIN
+            if _duo_ok(params, T, B, I, lengths, training, cfg):
+                y = new(f"y{layer}", (T, B, P))
+                if _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg):
+                    paths.append("duo")
+                    layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
+                    continue
             # Phase 1 for both directions at once (OpenBLAS threads it when large). Every BLAS
             # call of this backend goes to SciPy's OpenBLAS: two libraries' idle thread pools
             # spinning at once would fight over the cores (bench/NOTES.md, item 9).

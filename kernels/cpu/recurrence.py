@@ -31,6 +31,7 @@ import numpy as np
 from .jit import jit
 
 from .activations import half_like, one_like, tanh_row
+from .smallgemm import micro_dot
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
@@ -77,9 +78,15 @@ BackwardOut = namedtuple("BackwardOut", ["dgates", "dhp", "g0", "dh0", "dc0", "d
 def _bdot(a, wb, zp, out, mb):
     """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks, issued in row chunks
     of ``mb`` rows; ``zp`` (n, B, N/n) is scratch. With n == 1 the products go straight into
-    ``out``; one BLAS call in all when also mb >= B."""
+    ``out``; one BLAS call in all when also mb >= B. ``mb == 0``: few rows, the
+    register-blocked kernel of ``smallgemm``, block by block straight into ``out``."""
     n = wb.shape[0]
     B = a.shape[0]
+    if mb == 0:
+        nb = wb.shape[2]
+        for i in range(n):
+            micro_dot(a, wb[i], out, i * nb)
+        return
     if n == 1:
         for r0 in range(0, B, mb):
             r1 = min(r0 + mb, B)

@@ -1,0 +1,135 @@
+"""Small-batch inference on two cores (``kernels/cpu/duo.py``): against the reference and the
+one-core path on odd sizes, with the partner present, absent, taken by another call, with 1,
+2 and 3 threads and under concurrent callers."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm.kernels.cpu import duo
+
+from helpers import assert_unchanged, snapshot
+
+#: Force the two-core path on small problems (the defaults keep it for H >= 128).
+FORCE = dict(duo_min_hidden=0, duo_min_steps=1, duo_max_bytes=1 << 30,
+             stepper_kernel_max_rows=0)
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def _problem(T, B, I, H, L, dtype, seed):
+    rng = np.random.default_rng(seed)
+    params = fastlstm.LSTMParams.init(I, H, L, dtype=dtype, seed=seed)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L, B, H)).astype(dtype)
+    c0 = rng.standard_normal((L, B, H)).astype(dtype)
+    return params, x, h0, c0
+
+
+def _check(res, ref, dtype):
+    for got, want in ((res.y, ref.y), (res.h, ref.h), (res.c, ref.c)):
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T,B,I,H,L", [(70, 1, 5, 33, 1), (40, 3, 16, 100, 2), (30, 4, 7, 130, 1),
+                                       (25, 2, 9, 8, 1)])
+def test_two_core_path_matches_reference_and_one_core(T, B, I, H, L, dtype):
+    params, x, h0, c0 = _problem(T, B, I, H, L, dtype, seed=T + H)
+    before = snapshot(x, h0, c0)
+    ref = fastlstm.forward(x, params, h0, c0, device="reference")
+    with fastlstm.config.options("cpu", **FORCE):
+        res = fastlstm.forward(x, params, h0, c0)
+    assert res.paths == ("duo",) * L
+    _check(res, ref, dtype)
+    with fastlstm.config.options("cpu", duo_max_rows=0):
+        one = fastlstm.forward(x, params, h0, c0)
+    assert "duo" not in one.paths
+    _check(res, one, dtype)
+    assert_unchanged(before, x, h0, c0)
+
+
+def test_partner_takes_its_half():
+    """On an idle second core the partner computes (most) halves 1 of a long sequence."""
+    params, x, h0, c0 = _problem(400, 1, 16, 128, 1, np.float32, seed=3)
+    shares = []
+    with fastlstm.config.options("cpu", **FORCE):
+        for _ in range(20):
+            res = fastlstm.forward(x, params, h0, c0)
+            shares.append(duo.partner(1).last_share)
+            if shares[-1] > 0.5:
+                break
+    assert max(shares) > 0, shares  # the partner never joined in 20 calls
+    _check(res, fastlstm.forward(x, params, h0, c0, device="reference"), np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_calling_thread_alone_does_every_step(dtype):
+    """No partner at all (job never joined): the calling thread claims every half 1 itself."""
+    from fastlstm.backends import cpu as backend
+    from fastlstm.kernels.cpu.smallgemm import aligned_empty
+    T, B, I, H = 23, 3, 6, 40
+    params, x, h0, c0 = _problem(T, B, I, H, 1, dtype, seed=5)
+    w = backend._duo_weights(params, 0, B)
+    hbuf = aligned_empty((2, B, H), dtype)
+    hbuf[0] = h0[0]
+    c = c0[0].copy()
+    y = np.empty((T, B, H), dtype)
+    ctrl = np.zeros(duo.CTRL_SIZE, np.int64)
+    ctrl[duo.JOIN] = 4 * 7
+    duo.duo_forward(0, 7, x, w.wa0, w.wb0, w.wa1, w.wb1, w.bias, hbuf, c, y, w.H0, ctrl)
+    assert ctrl[duo.JOIN] == 4 * 7 + 2 and ctrl[duo.P0] == ctrl[duo.P1] == T
+    ref = fastlstm.forward(x, params, h0, c0, device="reference")
+    np.testing.assert_allclose(y, ref.y, **TOL[dtype])
+    np.testing.assert_allclose(hbuf[T % 2], ref.h[0], **TOL[dtype])
+    np.testing.assert_allclose(c, ref.c[0], **TOL[dtype])
+
+
+def test_partner_taken_runs_one_core():
+    """While another call holds the partner, a call runs the one-core path."""
+    params, x, h0, c0 = _problem(30, 2, 8, 48, 1, np.float64, seed=6)
+    p = duo.partner(1)
+    with fastlstm.config.options("cpu", **FORCE):
+        assert p._busy.acquire()
+        try:
+            res = fastlstm.forward(x, params, h0, c0)
+        finally:
+            p._busy.release()
+        assert res.paths == ("serial",)
+        _check(res, fastlstm.forward(x, params, h0, c0, device="reference"), np.float64)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts(threads):
+    """One thread: never two cores; two or three: the two-core path (one partner)."""
+    params, x, h0, c0 = _problem(30, 2, 8, 40, 1, np.float32, seed=7)
+    with fastlstm.config.options("cpu", threads=threads, **FORCE):
+        res = fastlstm.forward(x, params, h0, c0)
+    assert res.paths == (("serial",) if threads == 1 else ("duo",))
+    _check(res, fastlstm.forward(x, params, h0, c0, device="reference"), np.float32)
+
+
+def test_concurrent_callers():
+    """Four threads at once on two params: every result right, whichever path each took."""
+    problems = [_problem(60, b, 12, 64, 1, np.float32, seed=10 + b) for b in (1, 3)]
+    refs = [fastlstm.forward(x, p, h0, c0, device="reference") for p, x, h0, c0 in problems]
+    errors, paths = [], []
+
+    def work(k):
+        try:
+            with fastlstm.config.options("cpu", **FORCE):
+                for i in range(15):
+                    p, x, h0, c0 = problems[(k + i) % 2]
+                    res = fastlstm.forward(x, p, h0, c0)
+                    paths.append(res.paths[0])
+                    _check(res, refs[(k + i) % 2], np.float32)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert set(paths) <= {"duo", "serial"} and "duo" in paths
