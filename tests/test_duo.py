@@ -17,6 +17,14 @@ FORCE = dict(duo_min_hidden=0, duo_min_steps=1, duo_max_bytes=1 << 30,
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 
 
+@pytest.fixture(autouse=True)
+def _partner_never_backs_off(monkeypatch, request):
+    """The paths asserted below must not depend on how busy the machine is (the back-off has
+    its own test)."""
+    if "backs_off" not in request.node.name:
+        monkeypatch.setattr(duo.Partner, "usable", lambda self: True)
+
+
 def _problem(T, B, I, H, L, dtype, seed):
     rng = np.random.default_rng(seed)
     params = fastlstm.LSTMParams.init(I, H, L, dtype=dtype, seed=seed)
@@ -133,3 +141,32 @@ def test_concurrent_callers():
         t.join()
     assert not errors, errors[0]
     assert set(paths) <= {"duo", "serial"} and "duo" in paths
+
+
+def test_backs_off_when_the_partner_does_not_come(monkeypatch):
+    """A job the partner never joined (here: it is told to do nothing) is done by the calling
+    thread alone, right; the partner then counts as busy for a while and calls run on one
+    core."""
+    from fastlstm.backends import cpu as backend
+    from fastlstm.kernels.cpu.smallgemm import aligned_empty
+    real = duo.duo_forward
+    monkeypatch.setattr(duo, "duo_forward", lambda part, *a: real(part, *a) if part == 0 else None)
+    T, B, I, H = 40, 2, 6, 48
+    params, x, h0, c0 = _problem(T, B, I, H, 1, np.float32, seed=8)
+    w = backend._duo_weights(params, 0, B)
+    hbuf = aligned_empty((2, B, H), np.float32)
+    hbuf[0] = h0[0]
+    c = c0[0].copy()
+    y = np.empty((T, B, H), np.float32)
+    p = duo.Partner(spins=0)
+    p.JOIN_WITHIN = 0.0  # any job it has not joined counts
+    assert p.usable()
+    assert p.run(x, w.wa0, w.wb0, w.wa1, w.wb1, w.bias, hbuf, c, y, w.H0)
+    assert p.last_share == 0 and not p.usable()
+    ref = fastlstm.forward(x, params, h0, c0, device="reference")
+    np.testing.assert_allclose(y, ref.y, **TOL[np.float32])
+    np.testing.assert_allclose(c, ref.c[0], **TOL[np.float32])
+    # the process's partner backing off: forward takes the one-core path
+    monkeypatch.setattr(duo.partner(1), "_until", float("inf"))
+    with fastlstm.config.options("cpu", **FORCE):
+        assert fastlstm.forward(x, params, h0, c0).paths == ("serial",)

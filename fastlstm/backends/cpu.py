@@ -254,7 +254,8 @@ def _duo_ok(params, T, B, I, lengths, training, cfg) -> bool:
             and 0 < B <= cfg.duo_max_rows and T >= cfg.duo_min_steps
             and H >= cfg.duo_min_hidden and num_threads(cfg) >= 2
             and 4 * H * (I + H) * params.dtype.itemsize <= cfg.duo_max_bytes
-            and not numba.config.DISABLE_JIT and bool((lengths == T).all()))
+            and not numba.config.DISABLE_JIT and bool((lengths == T).all())
+            and duo.partner(cfg.duo_spins).usable())
 
 
 def _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg) -> bool:

@@ -22,7 +22,9 @@ to run on one core (what it costs then: the claims, ~20 ns a step). Measured in 
 The control words (int64, one cache line each): ``ctrl[P0]``, ``ctrl[P1]`` the steps done of
 each half, ``ctrl[CLAIM]`` the next step whose half 1 nobody has claimed, ``ctrl[JOIN]`` the
 partner's part in job ``s``: 4s posted, 4s + 1 joined, 4s + 2 closed unjoined, 4s + 3 left;
-``ctrl[SEQ]`` the newest job posted; ``ctrl[DONE]`` the halves the partner did in the last job.
+``ctrl[SEQ]`` the newest job posted; ``ctrl[DONE]`` the halves the partner did in the last job,
+``ctrl[WAITS]``, ``ctrl[PWAITS]`` the spin-wait loops of the calling thread and of the partner
+in it.
 
 Numba has no CPU atomics: the loads, stores and compare-and-swap below are LLVM atomic
 instructions emitted by intrinsics (acquire / release ordering), and the spin-wait hint is x86's
@@ -33,6 +35,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -46,8 +49,8 @@ from .smallgemm import micro_dot
 
 __all__ = ["Partner", "duo_forward", "CTRL_SIZE"]
 
-P0, P1, CLAIM, JOIN, SEQ, DONE = 0, 8, 16, 24, 32, 40
-CTRL_SIZE = 48
+P0, P1, CLAIM, JOIN, SEQ, DONE, WAITS, PWAITS = 0, 8, 16, 24, 32, 40, 48, 56
+CTRL_SIZE = 64
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
@@ -196,6 +199,7 @@ def duo_forward(part, seq, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl):
             _own_part(0, t, x, wa0, bias, hbuf, H0, xh0, za0)
             while _load(ctrl, P1) < t:
                 _relax()
+                ctrl[WAITS] += 1
             _other_part(0, t, wb0, hbuf, c, y, H0, za0, zb0, zero, s1, s2)
             _store(ctrl, P0, t + 1)
             if _cas(ctrl, CLAIM, t, t + 1):  # the partner has not started this step: do it
@@ -204,6 +208,7 @@ def duo_forward(part, seq, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl):
                 _store(ctrl, P1, t + 1)
         while _load(ctrl, P1) < T:
             _relax()
+            ctrl[WAITS] += 1
         if not _cas(ctrl, JOIN, 4 * seq, 4 * seq + 2):  # it joined: wait until it has left
             while _load(ctrl, JOIN) != 4 * seq + 3:
                 _relax()
@@ -224,6 +229,7 @@ def duo_forward(part, seq, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl):
             _own_part(1, t, x, wa1, bias, hbuf, H0, xh1, za1)
             while _load(ctrl, P0) < t:
                 _relax()
+                ctrl[PWAITS] += 1
             _other_part(1, t, wb1, hbuf, c, y, H0, za1, zb1, zero, s1, s2)
             _store(ctrl, P1, t + 1)
             ctrl[DONE] += 1
@@ -246,7 +252,17 @@ class Partner:
     """The partner thread of :func:`duo_forward`: a daemon that runs half 1 of each job posted
     with :meth:`run`, spinning (without the GIL) for ``spins`` pause loops after each job for
     the next one, then sleeping until one is posted. One caller at a time: :meth:`run` returns
-    False without doing anything when another thread's call holds the partner."""
+    False without doing anything when another thread's call holds the partner.
+
+    A job that the partner did not join within ``JOIN_WITHIN`` seconds, or in which the two
+    threads waited for each other more than ``WAIT_PER_STEP`` pause loops a step on average
+    (normal waits are 50-250 in all; a thread descheduled for a scheduler tick makes
+    thousands), means the second core is busy (another process, or this one's
+    other threads): :meth:`usable` then says False for 50 ms, doubling up to 1 s while it
+    persists, and the callers run on one core meanwhile."""
+
+    WAIT_PER_STEP = 1000
+    JOIN_WITHIN = 2e-3
 
     def __init__(self, spins: int):
         self.spins = spins
@@ -255,6 +271,8 @@ class Partner:
         self._slot = None
         #: The share of the last job's steps whose half 1 the partner computed.
         self.last_share = 0.0
+        self._until = 0.0
+        self._backoff = 0.05
         self._busy = threading.Lock()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fastlstm-partner", daemon=True)
@@ -273,6 +291,10 @@ class Partner:
             if job is not None and job[0] == s:
                 duo_forward(1, s, *job[1])
 
+    def usable(self) -> bool:
+        """False while backing off after a job that found the second core busy."""
+        return self._until == 0.0 or time.monotonic() >= self._until
+
     def run(self, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0) -> bool:
         """:func:`duo_forward` on the calling thread (half 0) and the partner; False (nothing
         done) when the partner is taken."""
@@ -282,15 +304,24 @@ class Partner:
             self._seq += 1
             s = self._seq
             ctrl = self.ctrl
-            ctrl[P0] = ctrl[P1] = ctrl[CLAIM] = ctrl[DONE] = 0
+            ctrl[P0] = ctrl[P1] = ctrl[CLAIM] = ctrl[DONE] = ctrl[WAITS] = ctrl[PWAITS] = 0
             ctrl[JOIN] = 4 * s
             args = (x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl)
             self._slot = (s, args)
             ctrl[SEQ] = s
             self._wake.set()
+            start = time.perf_counter()
             duo_forward(0, s, *args)
+            took = time.perf_counter() - start
             self._slot = None
-            self.last_share = ctrl[DONE] / max(y.shape[0], 1)
+            T = max(y.shape[0], 1)
+            self.last_share = ctrl[DONE] / T
+            absent = ctrl[JOIN] == 4 * s + 2 and took > self.JOIN_WITHIN
+            if absent or ctrl[WAITS] + ctrl[PWAITS] > self.WAIT_PER_STEP * T:
+                self._until = time.monotonic() + self._backoff
+                self._backoff = min(2 * self._backoff, 1.0)
+            else:
+                self._until, self._backoff = 0.0, 0.05
         finally:
             self._busy.release()
         return True
