@@ -17,14 +17,6 @@ FORCE = dict(duo_min_hidden=0, duo_min_steps=1, duo_max_bytes=1 << 30,
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 
 
-@pytest.fixture(autouse=True)
-def _partner_never_backs_off(monkeypatch, request):
-    """The paths asserted below must not depend on how busy the machine is (the back-off has
-    its own test)."""
-    if "backs_off" not in request.node.name:
-        monkeypatch.setattr(duo.Partner, "usable", lambda self: True)
-
-
 def _problem(T, B, I, H, L, dtype, seed):
     rng = np.random.default_rng(seed)
     params = fastlstm.LSTMParams.init(I, H, L, dtype=dtype, seed=seed)
@@ -74,37 +66,52 @@ def test_partner_takes_its_half():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_calling_thread_alone_does_every_step(dtype):
     """No partner at all (job never joined): the calling thread claims every half 1 itself."""
-    from fastlstm.backends import cpu as backend
-    from fastlstm.kernels.cpu.smallgemm import aligned_empty
     T, B, I, H = 23, 3, 6, 40
     params, x, h0, c0 = _problem(T, B, I, H, 1, dtype, seed=5)
-    w = backend._duo_weights(params, 0, B)
-    hbuf = aligned_empty((2, B, H), dtype)
-    hbuf[0] = h0[0]
-    c = c0[0].copy()
-    y = np.empty((T, B, H), dtype)
     ctrl = np.zeros(duo.CTRL_SIZE, np.int64)
     ctrl[duo.JOIN] = 4 * 7
-    duo.duo_forward(0, 7, x, w.wa0, w.wb0, w.wa1, w.wb1, w.bias, hbuf, c, y, w.H0, ctrl)
+    y, h, c = _kernel_call(params, x, h0, c0, lambda x2, w, buf, H0:
+                           duo.duo_forward(0, 7, x2, w, buf, H0, ctrl))
     assert ctrl[duo.JOIN] == 4 * 7 + 2 and ctrl[duo.P0] == ctrl[duo.P1] == T
+    assert ctrl[duo.XG1] == 2
     ref = fastlstm.forward(x, params, h0, c0, device="reference")
     np.testing.assert_allclose(y, ref.y, **TOL[dtype])
-    np.testing.assert_allclose(hbuf[T % 2], ref.h[0], **TOL[dtype])
+    np.testing.assert_allclose(h, ref.h[0], **TOL[dtype])
     np.testing.assert_allclose(c, ref.c[0], **TOL[dtype])
 
 
-def test_partner_taken_runs_one_core():
-    """While another call holds the partner, a call runs the one-core path."""
+def _kernel_call(params, x, h0, c0, call):
+    """``call(x2, w, buf, H0)`` on fresh buffers for layer 0; (y, h_n, c_n)."""
+    from fastlstm.backends import cpu as backend
+    from fastlstm.kernels.cpu.smallgemm import aligned_empty
+    T, B, I = x.shape
+    H, dt = params.hidden_size, params.dtype
+    d = backend._duo_weights(params, 0, B)
+    hbuf = aligned_empty((2, B, H), dt)
+    hbuf[0] = h0[0]
+    c = c0[0].copy()
+    y = np.empty((T, B, H), dt)
+    buf = (np.empty((T * B, 4 * d.H0), dt), np.empty((T * B, 4 * (H - d.H0)), dt), hbuf, c, y)
+    call(x.reshape(T * B, I), d.w, buf, d.H0)
+    return y, hbuf[T % 2].copy(), c
+
+
+def test_partner_taken_same_results_on_one_core():
+    """While another call holds the partner, a call does every half itself: the same results,
+    bitwise (the arithmetic does not depend on who does which half)."""
     params, x, h0, c0 = _problem(30, 2, 8, 48, 1, np.float64, seed=6)
     p = duo.partner(1)
     with fastlstm.config.options("cpu", **FORCE):
+        both = fastlstm.forward(x, params, h0, c0)
         assert p._busy.acquire()
         try:
-            res = fastlstm.forward(x, params, h0, c0)
+            alone = fastlstm.forward(x, params, h0, c0)
         finally:
             p._busy.release()
-        assert res.paths == ("serial",)
-        _check(res, fastlstm.forward(x, params, h0, c0, device="reference"), np.float64)
+    assert alone.paths == both.paths == ("duo",)
+    for a, b in ((alone.y, both.y), (alone.h, both.h), (alone.c, both.c)):
+        np.testing.assert_array_equal(a, b)
+    _check(alone, fastlstm.forward(x, params, h0, c0, device="reference"), np.float64)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -145,28 +152,23 @@ def test_concurrent_callers():
 
 def test_backs_off_when_the_partner_does_not_come(monkeypatch):
     """A job the partner never joined (here: it is told to do nothing) is done by the calling
-    thread alone, right; the partner then counts as busy for a while and calls run on one
-    core."""
-    from fastlstm.backends import cpu as backend
-    from fastlstm.kernels.cpu.smallgemm import aligned_empty
+    thread alone, right; the partner then counts as busy for a while and the next job is not
+    posted to it."""
     real = duo.duo_forward
     monkeypatch.setattr(duo, "duo_forward", lambda part, *a: real(part, *a) if part == 0 else None)
     T, B, I, H = 40, 2, 6, 48
     params, x, h0, c0 = _problem(T, B, I, H, 1, np.float32, seed=8)
-    w = backend._duo_weights(params, 0, B)
-    hbuf = aligned_empty((2, B, H), np.float32)
-    hbuf[0] = h0[0]
-    c = c0[0].copy()
-    y = np.empty((T, B, H), np.float32)
     p = duo.Partner(spins=0)
     p.JOIN_WITHIN = 0.0  # any job it has not joined counts
     assert p.usable()
-    assert p.run(x, w.wa0, w.wb0, w.wa1, w.wb1, w.bias, hbuf, c, y, w.H0)
-    assert p.last_share == 0 and not p.usable()
+    asked = []
+    y, h, c = _kernel_call(params, x, h0, c0, lambda *a: asked.append(p.run(*a)))
+    assert asked == [True] and p.last_share == 0 and not p.usable()
     ref = fastlstm.forward(x, params, h0, c0, device="reference")
     np.testing.assert_allclose(y, ref.y, **TOL[np.float32])
     np.testing.assert_allclose(c, ref.c[0], **TOL[np.float32])
-    # the process's partner backing off: forward takes the one-core path
-    monkeypatch.setattr(duo.partner(1), "_until", float("inf"))
-    with fastlstm.config.options("cpu", **FORCE):
-        assert fastlstm.forward(x, params, h0, c0).paths == ("serial",)
+    # backing off, it does the next job on the calling thread without asking the partner
+    seq = p._seq
+    y2, h2, c2 = _kernel_call(params, x, h0, c0, lambda *a: asked.append(p.run(*a)))
+    assert asked == [True, False] and p._seq == seq
+    np.testing.assert_array_equal(y2, y)

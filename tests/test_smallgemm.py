@@ -40,6 +40,28 @@ def test_micro_dot_against_numpy(dtype):
             np.testing.assert_array_equal(w, w0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_micro_dot_accumulates_split_products_exactly(dtype):
+    """``acc``: a product split over two ranges of K equals the one call bitwise (the same
+    FMAs in the same order), and adds to what ``y`` held."""
+    rng = np.random.default_rng(9)
+    for M, K, N, k in [(1, 64, 256, 32), (3, 40, 200, 7), (2, 9, 35, 4), (4, 33, 64, 30)]:
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w = rng.standard_normal((K, N)).astype(dtype)
+        one = np.empty((M, N), dtype)
+        micro_dot(a, w, one, 0)
+        two = np.empty((M, N), dtype)
+        micro_dot(a[:, :k], w[:k], two, 0)
+        micro_dot(a[:, k:], w[k:], two, 0, True)
+        np.testing.assert_array_equal(two, one)
+        y0 = rng.standard_normal((M, N)).astype(dtype)
+        y = y0.copy()
+        micro_dot(a, w, y, 0, True)
+        exact = y0.astype(np.float64) + a.astype(np.float64) @ w.astype(np.float64)
+        np.testing.assert_allclose(y, exact, rtol=0, atol=_tol(dtype, K) * (
+            np.abs(y0) + np.abs(a) @ np.abs(w)).max())
+
+
 def test_micro_dot_on_strided_views():
     """Row-strided views of all three operands (slices of larger arrays), as the kernels pass."""
     rng = np.random.default_rng(6)

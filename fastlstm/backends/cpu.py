@@ -75,7 +75,7 @@ def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
     Only for arrays no result or cache keeps. A fresh large array costs first-touch page
     faults on every call (50 ms for the 42 MB input projection at T=20, B=128, H=1024:
     bench/NOTES.md); one buffer per key and thread avoids that. Threads never share one.
-    Keys: ``xg`` (input projection), ``xw`` (a task's batch slice of the layer input),
+    Keys: ``xg`` (input projection; ``xg1`` the second half's on the two-core path), ``xw`` (a task's batch slice of the layer input),
     ``dgates`` and ``dhp`` (a task's gate / projected-output gradients), ``dx_part`` (a batch
     slice's input gradient before it goes to its rows), ``xh`` (a task's ``[x | h_prev]``
     rows for its weight-gradient GEMM).
@@ -214,15 +214,12 @@ def _prepare_uncached(params, layer) -> _Prepared:
 @dataclass(frozen=True)
 class _Duo:
     """One layer's weights for :func:`kernels.cpu.duo.duo_forward`: units split at ``H0``,
-    gate columns in the halves' order (``[i f g o]`` of units [0, H0), then of [H0, H)); per
-    half q, ``wa_q`` = rows ``[W_ih^T ; W_hh^T of q's units]`` and ``wb_q`` = W_hh^T rows of the
-    other half's units, q's columns only, in aligned column blocks."""
+    gate columns in the halves' order (``[i f g o]`` of units [0, H0), then of [H0, H)).
+    ``w`` = (wih0, wih1, wo0, wx0, wo1, wx1, ws0, ws1, bias): per half q, W_ih^T's columns of
+    q's gates (I, 4Hq), and the W_hh^T rows of q's own units, of the other half's, and both
+    stacked, q's columns, in aligned column blocks; the bias (4H,) in the same column order."""
     H0: int
-    bias: np.ndarray         # (4H,)
-    wa0: np.ndarray
-    wb0: np.ndarray
-    wa1: np.ndarray
-    wb1: np.ndarray
+    w: tuple
 
 
 def _duo_weights(params, layer, B) -> _Duo:
@@ -239,12 +236,12 @@ def _duo_weights(params, layer, B) -> _Duo:
     def blocks(w):
         return _blocked(w, _tile_width(B, w.shape[1], dt.itemsize))
 
-    parts = []
-    for q in (0, 1):
-        own, other = units[q], units[1 - q]
-        parts.append(blocks(np.concatenate([w_ih_t[:, cols[q]], w_hh_t[own][:, cols[q]]])))
-        parts.append(blocks(w_hh_t[other][:, cols[q]]))
-    return _Duo(H0, np.ascontiguousarray(prep.bias[0][np.concatenate(cols)]), *parts)
+    wih = [np.ascontiguousarray(w_ih_t[:, cols[q]]) for q in (0, 1)]
+    wo = [blocks(w_hh_t[units[q]][:, cols[q]]) for q in (0, 1)]
+    wx = [blocks(w_hh_t[units[1 - q]][:, cols[q]]) for q in (0, 1)]
+    ws = [blocks(w_hh_t[np.concatenate([units[q], units[1 - q]])][:, cols[q]]) for q in (0, 1)]
+    bias = np.ascontiguousarray(prep.bias[0][np.concatenate(cols)])
+    return _Duo(H0, (wih[0], wih[1], wo[0], wx[0], wo[1], wx[1], ws[0], ws[1], bias))
 
 
 def _duo_ok(params, T, B, I, lengths, training, cfg) -> bool:
@@ -254,28 +251,28 @@ def _duo_ok(params, T, B, I, lengths, training, cfg) -> bool:
             and 0 < B <= cfg.duo_max_rows and T >= cfg.duo_min_steps
             and H >= cfg.duo_min_hidden and num_threads(cfg) >= 2
             and 4 * H * (I + H) * params.dtype.itemsize <= cfg.duo_max_bytes
-            and not numba.config.DISABLE_JIT and bool((lengths == T).all())
-            and duo.partner(cfg.duo_spins).usable())
+            and not numba.config.DISABLE_JIT and bool((lengths == T).all()))
 
 
-def _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg) -> bool:
-    """One inference layer on two cores (False, nothing done, when the partner thread is held
-    by another call)."""
-    T, B, _ = layer_in.shape
+def _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg, pin) -> None:
+    """One inference layer on two cores (on the calling thread alone, same arithmetic, while
+    the partner thread is held by another call or the second core is busy)."""
+    T, B, I = layer_in.shape
     H = params.hidden_size
     dt = params.dtype
-    w = params.derived(("cpu", "duo", layer, smallgemm.tile_columns(dt.itemsize, B)),
+    d = params.derived(("cpu", "duo", layer, smallgemm.tile_columns(dt.itemsize, B)),
                        lambda: _duo_weights(params, layer, B))
+    x2 = np.ascontiguousarray(layer_in).reshape(T * B, I)
+    xg0 = workspace("xg", (T * B, 4 * d.H0), dt)
+    xg1 = workspace("xg1", (T * B, 4 * (H - d.H0)), dt)
     hbuf = smallgemm.aligned_empty((2, B, H), dt)
     hbuf[0] = h0[layer]
     c = smallgemm.aligned_empty((B, H), dt)
     c[...] = c0[layer]
-    if not duo.partner(cfg.duo_spins).run(layer_in, w.wa0, w.wb0, w.wa1, w.wb1, w.bias, hbuf,
-                                          c, y, w.H0):
-        return False
+    with pin:
+        duo.partner(cfg.duo_spins).run(x2, d.w, (xg0, xg1, hbuf, c, y), d.H0)
     h_n[layer] = hbuf[T % 2]
     c_n[layer] = c
-    return True
 
 
 def plan_tasks(D, B, flop, cfg=None):
@@ -450,10 +447,10 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
             pin = single_threaded_blas() if _pin_serial(flop, cfg) else _NO_PIN
             if _duo_ok(params, T, B, I, lengths, training, cfg):
                 y = new(f"y{layer}", (T, B, P))
-                if _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg):
-                    paths.append("duo")
-                    layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
-                    continue
+                _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg, pin)
+                paths.append("duo")
+                layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
+                continue
             # Phase 1 for both directions at once (OpenBLAS threads it when large). Every BLAS
             # call of this backend goes to SciPy's OpenBLAS: two libraries' idle thread pools
             # spinning at once would fight over the cores (bench/NOTES.md, item 9).

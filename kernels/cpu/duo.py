@@ -24,7 +24,7 @@ each half, ``ctrl[CLAIM]`` the next step whose half 1 nobody has claimed, ``ctrl
 partner's part in job ``s``: 4s posted, 4s + 1 joined, 4s + 2 closed unjoined, 4s + 3 left;
 ``ctrl[SEQ]`` the newest job posted; ``ctrl[DONE]`` the halves the partner did in the last job,
 ``ctrl[WAITS]``, ``ctrl[PWAITS]`` the spin-wait loops of the calling thread and of the partner
-in it.
+in it; ``ctrl[XG1]`` half 1's input projection: 0 to do, 1 being done, 2 done.
 
 Numba has no CPU atomics: the loads, stores and compare-and-swap below are LLVM atomic
 instructions emitted by intrinsics (acquire / release ordering), and the spin-wait hint is x86's
@@ -49,8 +49,8 @@ from .smallgemm import micro_dot
 
 __all__ = ["Partner", "duo_forward", "CTRL_SIZE"]
 
-P0, P1, CLAIM, JOIN, SEQ, DONE, WAITS, PWAITS = 0, 8, 16, 24, 32, 40, 48, 56
-CTRL_SIZE = 64
+P0, P1, CLAIM, JOIN, SEQ, DONE, WAITS, PWAITS, XG1 = 0, 8, 16, 24, 32, 40, 48, 56, 64
+CTRL_SIZE = 72
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
@@ -112,99 +112,158 @@ def _relax(typingctx):
 
 @jit(**_OPTS)
 def _product(a, wb, z):
-    """``z = a @ W`` where ``wb`` (n, K, width) holds W's column blocks."""
+    """``z += a @ W`` where ``wb`` (n, K, width) holds W's column blocks."""
     nb = wb.shape[2]
     for i in range(wb.shape[0]):
-        micro_dot(a, wb[i], z, i * nb)
+        micro_dot(a, wb[i], z, i * nb, True)
 
 
 @jit(**_OPTS)
-def _own_part(q, t, x, wa, bias, hbuf, H0, xh, za):
-    """Half ``q`` of step ``t``, the part that needs only the input and q's own units' h of
-    step t - 1: ``za = [x_t | h_q] @ [W_ih^T ; W_hh^T rows of q's units] + bias``, q's gate
-    columns (``wa``: those rows in column blocks; ``xh`` (B, I + Hq) scratch)."""
-    B, I = x.shape[1], x.shape[2]
-    H = hbuf.shape[2]
+def _own_part(q, t, xg, wo, hbuf, H0, z):
+    """Half ``q`` of step ``t``, the part that needs only q's own units' h of step t - 1:
+    ``z = xg_q[t] + h_q @ W_hh^T[q's rows, q's columns]`` (``xg`` (T*B, 4Hq) q's input
+    projection with the bias; ``wo``: those rows of W_hh^T in column blocks)."""
+    B, H = hbuf.shape[1], hbuf.shape[2]
     j0 = 0 if q == 0 else H0
     Hq = H0 if q == 0 else H - H0
-    G = za.shape[1]
-    hcur = hbuf[t % 2]
+    G = z.shape[1]
     for b in range(B):
-        row = xh[b]
-        xb = x[t, b]
-        for k in range(I):
-            row[k] = xb[k]
-        hb = hcur[b]
-        for k in range(Hq):
-            row[I + k] = hb[j0 + k]
-    _product(xh, wa, za)
-    bq = bias[4 * j0:4 * j0 + G]
-    for b in range(B):
-        zb = za[b]
+        zb = z[b]
+        xb = xg[t * B + b]
         for g in range(G):
-            zb[g] += bq[g]
+            zb[g] = xb[g]
+    _product(hbuf[t % 2, :, j0:j0 + Hq], wo, z)
 
 
 @jit(**_OPTS)
-def _other_part(q, t, wb, hbuf, c, y, H0, za, zb, zero, s1, s2):
+def _other_part(q, t, wx, hbuf, c, y, H0, z, zero, s1, s2):
     """The rest of half ``q`` of step ``t``, once the other half of step t - 1 is done: the
-    product over the other half's units (``wb``: W_hh^T rows of those units, q's columns),
-    then q's cell and hidden values into ``c``, ``hbuf[(t + 1) % 2]`` and ``y[t]``."""
+    product over the other half's units added (``wx``: W_hh^T rows of those units, q's
+    columns), then q's cell and hidden values into ``c``, ``hbuf[(t + 1) % 2]`` and ``y[t]``."""
     B, H = c.shape
     j0 = 0 if q == 0 else H0
     Hq = H0 if q == 0 else H - H0
     k0 = H0 if q == 0 else 0
-    _product(hbuf[t % 2, :, k0:k0 + (H - Hq)], wb, zb)
+    _product(hbuf[t % 2, :, k0:k0 + (H - Hq)], wx, z)
     nxt = hbuf[(t + 1) % 2]
     for b in range(B):
         hb = nxt[b, j0:j0 + Hq]
-        _cell_forward(zb[b], za[b], zero, c[b, j0:j0 + Hq], hb, Hq, s1, s2)
+        _cell_forward(z[b], zero, zero, c[b, j0:j0 + Hq], hb, Hq, s1, s2)
         yb = y[t, b]
         for j in range(Hq):
             yb[j0 + j] = hb[j]
 
 
 @jit(**_OPTS)
-def duo_forward(part, seq, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl):
-    """Inference through one layer's T = ``x.shape[0]`` steps, as ``part`` 0 (the calling
-    thread: returns when all is done) or 1 (the partner: joins job ``seq`` if it is still
-    open and claims halves 1 until none is left).
+def _whole(q, t, xg, ws, hbuf, c, y, H0, z, hs, zero, s1, s2):
+    """Half ``q`` of step ``t`` in one product (both halves of step t - 1 done): ``ws`` holds
+    the rows of ``wo_q`` then those of ``wx_q``, so with ``hs`` = q's units' h then the other
+    half's, the FMAs are those of :func:`_own_part` and :func:`_other_part`, in one call per
+    block. What the calling thread does while the partner has not joined."""
+    B, H = c.shape
+    j0 = 0 if q == 0 else H0
+    Hq = H0 if q == 0 else H - H0
+    G = z.shape[1]
+    hcur = hbuf[t % 2]
+    for b in range(B):
+        zb = z[b]
+        xb = xg[t * B + b]
+        for g in range(G):
+            zb[g] = xb[g]
+        if q == 1:
+            hb = hs[b]
+            for k in range(Hq):
+                hb[k] = hcur[b, H0 + k]
+            for k in range(H0):
+                hb[Hq + k] = hcur[b, k]
+    _product(hcur if q == 0 else hs, ws, z)
+    nxt = hbuf[(t + 1) % 2]
+    for b in range(B):
+        hb = nxt[b, j0:j0 + Hq]
+        _cell_forward(z[b], zero, zero, c[b, j0:j0 + Hq], hb, Hq, s1, s2)
+        yb = y[t, b]
+        for j in range(Hq):
+            yb[j0 + j] = hb[j]
 
-    ``x`` (T, B, I) the layer input; per half q, ``wa_q`` holds the rows ``[W_ih^T ; W_hh^T of
-    q's units]`` and ``wb_q`` the W_hh^T rows of the other half's units, both restricted to
-    q's gate columns and in column blocks (n, rows, width); ``bias`` (4H,) in the halves'
-    column order; ``hbuf`` (2, B, H) with ``hbuf[0]`` = h0; ``c`` (B, H) = c0, updated; ``y``
-    (T, B, H). The final h is ``hbuf[T % 2]``.
 
-    Each half of a step starts with what needs only the input and its own units' h, which it
-    (or whoever did its half of the step before) wrote, and waits for the other half's flag
-    only after that: the flag and the other half's h cross between the cores meanwhile. Each
-    core reads only its own half of the weights and computes its own part of the input
-    projection, so nothing but h crosses."""
-    T, B, I = x.shape
-    H = c.shape[1]
+@jit(**_OPTS)
+def _projection(x2, wih, bias, xg):
+    """``xg = x W_ih^T[:, half] + bias[half]`` (one GEMM on the calling thread)."""
+    np.dot(x2, wih, xg)
+    for r in range(xg.shape[0]):
+        xr = xg[r]
+        for g in range(xg.shape[1]):
+            xr[g] += bias[g]
+
+
+@jit(**_OPTS)
+def _projection_1(x2, wih1, bias1, xg1, ctrl, waits):
+    """Half 1's input projection: computed by whichever thread claims it first, awaited by the
+    other (``waits``: the word that counts its spin loops)."""
+    if _cas(ctrl, XG1, 0, 1):
+        _projection(x2, wih1, bias1, xg1)
+        _store(ctrl, XG1, 2)
+    else:
+        while _load(ctrl, XG1) != 2:
+            _relax()
+            ctrl[waits] += 1
+
+
+@jit(**_OPTS)
+def duo_forward(part, seq, x2, w, buf, H0, ctrl):
+    """Inference through one layer's T steps, as ``part`` 0 (the calling thread: returns when
+    all is done) or 1 (the partner: joins job ``seq`` if it is still open and claims halves 1
+    until none is left).
+
+    ``x2`` (T*B, I) the layer input (C-contiguous); ``w`` = (wih0, wih1, wo0, wx0, wo1, wx1,
+    ws0, ws1, bias): per half q, ``wih_q`` (I, 4Hq) the columns of W_ih^T for q's gates,
+    ``wo_q`` and ``wx_q`` the W_hh^T rows of q's own units and of the other half's, q's
+    columns, in column blocks (n, rows, width), ``ws_q`` both stacked (own rows first);
+    ``bias`` (4H,) in the halves' column order. ``buf`` = (xg0, xg1,
+    hbuf, c, y): the halves' input projections (T*B, 4Hq) (filled here), ``hbuf`` (2, B, H)
+    with ``hbuf[0]`` = h0, ``c`` (B, H) = c0 (updated), ``y`` (T, B, H). The final h is
+    ``hbuf[T % 2]``.
+
+    Each half's input projection is one GEMM, bias added (half 1's by whichever thread claims
+    it first);
+    each half of a step starts with the product over its own units' h, which it (or whoever
+    did its half of the step before) wrote, and waits for the other half's flag only after
+    that: the flag and the other half's h cross between the cores meanwhile. The arithmetic of
+    every half is the same whichever thread does it, so results do not depend on the
+    partner."""
+    wih0, wih1, wo0, wx0, wo1, wx1, ws0, ws1, bias = w
+    xg0, xg1, hbuf, c, y = buf
+    T = y.shape[0]
+    B, H = c.shape
     dt = y.dtype
     H1 = H - H0
-    xh0 = np.empty((B, I + H0), dtype=dt)
-    xh1 = np.empty((B, I + H1), dtype=dt)
-    za0 = np.empty((B, 4 * H0), dtype=dt)
-    zb0 = np.empty((B, 4 * H0), dtype=dt)
-    za1 = np.empty((B, 4 * H1), dtype=dt)
-    zb1 = np.empty((B, 4 * H1), dtype=dt)
+    z0 = np.empty((B, 4 * H0), dtype=dt)
+    z1 = np.empty((B, 4 * H1), dtype=dt)
     zero = np.zeros(4 * H, dtype=dt)
     s1 = np.empty(4 * H, dtype=dt)
     s2 = np.empty(4 * H, dtype=dt)
+    hs = np.empty((B, H), dtype=dt)
+    bias1 = bias[4 * H0:]
     if part == 0:
+        _projection(x2, wih0, bias[:4 * H0], xg0)
+        _projection_1(x2, wih1, bias1, xg1, ctrl, WAITS)
         for t in range(T):
-            _own_part(0, t, x, wa0, bias, hbuf, H0, xh0, za0)
+            if _load(ctrl, JOIN) == 4 * seq and _cas(ctrl, CLAIM, t, t + 1):
+                # the partner has not joined (yet): the whole step here, at one core's speed
+                _whole(0, t, xg0, ws0, hbuf, c, y, H0, z0, hs, zero, s1, s2)
+                _whole(1, t, xg1, ws1, hbuf, c, y, H0, z1, hs, zero, s1, s2)
+                _store(ctrl, P0, t + 1)
+                _store(ctrl, P1, t + 1)
+                continue
+            _own_part(0, t, xg0, wo0, hbuf, H0, z0)
             while _load(ctrl, P1) < t:
                 _relax()
                 ctrl[WAITS] += 1
-            _other_part(0, t, wb0, hbuf, c, y, H0, za0, zb0, zero, s1, s2)
+            _other_part(0, t, wx0, hbuf, c, y, H0, z0, zero, s1, s2)
             _store(ctrl, P0, t + 1)
             if _cas(ctrl, CLAIM, t, t + 1):  # the partner has not started this step: do it
-                _own_part(1, t, x, wa1, bias, hbuf, H0, xh1, za1)
-                _other_part(1, t, wb1, hbuf, c, y, H0, za1, zb1, zero, s1, s2)
+                _own_part(1, t, xg1, wo1, hbuf, H0, z1)
+                _other_part(1, t, wx1, hbuf, c, y, H0, z1, zero, s1, s2)
                 _store(ctrl, P1, t + 1)
         while _load(ctrl, P1) < T:
             _relax()
@@ -215,6 +274,7 @@ def duo_forward(part, seq, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl):
         return
     if not _cas(ctrl, JOIN, 4 * seq, 4 * seq + 1):
         return  # closed before it got here
+    _projection_1(x2, wih1, bias1, xg1, ctrl, PWAITS)
     while True:
         t = _load(ctrl, CLAIM)
         if t >= T:
@@ -226,11 +286,11 @@ def duo_forward(part, seq, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl):
                 break
             _relax()
         if ready and _cas(ctrl, CLAIM, t, t + 1):
-            _own_part(1, t, x, wa1, bias, hbuf, H0, xh1, za1)
+            _own_part(1, t, xg1, wo1, hbuf, H0, z1)
             while _load(ctrl, P0) < t:
                 _relax()
                 ctrl[PWAITS] += 1
-            _other_part(1, t, wb1, hbuf, c, y, H0, za1, zb1, zero, s1, s2)
+            _other_part(1, t, wx1, hbuf, c, y, H0, z1, zero, s1, s2)
             _store(ctrl, P1, t + 1)
             ctrl[DONE] += 1
     _store(ctrl, JOIN, 4 * seq + 3)
@@ -259,7 +319,7 @@ class Partner:
     (normal waits are 50-250 in all; a thread descheduled for a scheduler tick makes
     thousands), means the second core is busy (another process, or this one's
     other threads): :meth:`usable` then says False for 50 ms, doubling up to 1 s while it
-    persists, and the callers run on one core meanwhile."""
+    persists, and :meth:`run` does its jobs on the calling thread meanwhile."""
 
     WAIT_PER_STEP = 1000
     JOIN_WITHIN = 2e-3
@@ -295,18 +355,23 @@ class Partner:
         """False while backing off after a job that found the second core busy."""
         return self._until == 0.0 or time.monotonic() >= self._until
 
-    def run(self, x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0) -> bool:
-        """:func:`duo_forward` on the calling thread (half 0) and the partner; False (nothing
-        done) when the partner is taken."""
-        if not self._busy.acquire(blocking=False):
+    def run(self, x2, w, buf, H0) -> bool:
+        """:func:`duo_forward` on the calling thread (half 0) and the partner. While the
+        partner is taken by another call or backing off, the calling thread does every step
+        itself, with the same arithmetic (the results never depend on who did which half);
+        returns whether the partner was asked."""
+        if not (self.usable() and self._busy.acquire(blocking=False)):
+            ctrl = np.zeros(CTRL_SIZE, np.int64)  # a job nobody else sees: JOIN 0, never joined
+            duo_forward(0, 0, x2, w, buf, H0, ctrl)
             return False
         try:
             self._seq += 1
             s = self._seq
             ctrl = self.ctrl
-            ctrl[P0] = ctrl[P1] = ctrl[CLAIM] = ctrl[DONE] = ctrl[WAITS] = ctrl[PWAITS] = 0
+            for word in (P0, P1, CLAIM, DONE, WAITS, PWAITS, XG1):
+                ctrl[word] = 0
             ctrl[JOIN] = 4 * s
-            args = (x, wa0, wb0, wa1, wb1, bias, hbuf, c, y, H0, ctrl)
+            args = (x2, w, buf, H0, ctrl)
             self._slot = (s, args)
             ctrl[SEQ] = s
             self._wake.set()
@@ -314,7 +379,7 @@ class Partner:
             duo_forward(0, s, *args)
             took = time.perf_counter() - start
             self._slot = None
-            T = max(y.shape[0], 1)
+            T = max(buf[4].shape[0], 1)
             self.last_share = ctrl[DONE] / T
             absent = ctrl[JOIN] == 4 * s + 2 and took > self.JOIN_WITHIN
             if absent or ctrl[WAITS] + ctrl[PWAITS] > self.WAIT_PER_STEP * T:

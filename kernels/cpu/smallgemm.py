@@ -15,9 +15,10 @@ The tile is written as LLVM vector IR (``numba.extending.intrinsic``): Numba's o
 such accumulators in memory (W and y might alias), which caps them at 32-40 GB/s. 512-bit
 vectors are emitted; LLVM splits them on machines with narrower registers.
 
-``micro_dot(a, w, y, yc)``: ``y[:, yc:yc + N] = a @ w`` for ``a`` (M, K), ``w`` (K, N), ``y``
-(M, .), all with unit stride along rows (the inner axis). Under ``NUMBA_DISABLE_JIT`` it is
-``np.dot``.
+``micro_dot(a, w, y, yc, acc=False)``: ``y[:, yc:yc + N] = a @ w`` (``+=`` with ``acc``) for
+``a`` (M, K), ``w`` (K, N), ``y`` (M, .), all with unit stride along rows (the inner axis).
+With ``acc`` a product split over ranges of K in successive calls does exactly the FMAs of one
+call. Under ``NUMBA_DISABLE_JIT`` it is ``np.dot``.
 """
 import numba
 import numpy as np
@@ -74,17 +75,18 @@ def _row_pointer(builder, ary, row, col, fty):
 
 
 def _make_tile(R: int, V: int):
-    """An intrinsic ``tile(a, r0, w, wc, y, yc)``: for rows r0..r0+R-1 and V vectors of
-    columns, ``y[r, yc:yc + V*lanes] = a[r, :K] @ w[:, wc:wc + V*lanes]``
-    (K = ``a.shape[1]`` > 0)."""
+    """An intrinsic ``tile(a, r0, w, wc, y, yc, acc)``: for rows r0..r0+R-1 and V vectors of
+    columns, ``y[r, yc:yc + V*lanes] (+)= a[r, :K] @ w[:, wc:wc + V*lanes]`` (K =
+    ``a.shape[1]`` > 0; ``acc``: the accumulators start from y's values instead of 0, so a
+    product split over ranges of K in successive calls does the same FMAs as one call)."""
 
     @intrinsic
-    def tile(typingctx, a, r0, w, wc, y, yc):
-        sig = types.void(a, r0, w, wc, y, yc)
+    def tile(typingctx, a, r0, w, wc, y, yc, acc):
+        sig = types.void(a, r0, w, wc, y, yc, types.boolean)
 
         def codegen(context, builder, signature, args):
-            a_, r0_, w_, wc_, y_, yc_ = args
-            aty, _, wty, _, yty, _ = signature.args
+            a_, r0_, w_, wc_, y_, yc_, acc_ = args
+            aty, _, wty, _, yty, _, _ = signature.args
             fty = context.get_value_type(aty.dtype)
             itemsize = context.get_abi_sizeof(fty)
             lanes = _VECTOR_BYTES // itemsize
@@ -104,6 +106,11 @@ def _make_tile(R: int, V: int):
             w0 = builder.bitcast(_row_pointer(builder, wa, ir.Constant(i64, 0), wc_, fty),
                                  ir.IntType(8).as_pointer())
             zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
+            yrows = [_row_pointer(builder, ya, builder.add(r0_, ir.Constant(i64, r)), yc_, fty)
+                     for r in range(R)]
+            start = [[builder.select(acc_, builder.load(builder.bitcast(
+                builder.gep(yrows[r], [ir.Constant(i64, v * lanes)]), vty.as_pointer()),
+                align=align), zero) for v in range(V)] for r in range(R)]
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             undef = ir.Constant(vty, ir.Undefined)
             pre = builder.block
@@ -114,9 +121,9 @@ def _make_tile(R: int, V: int):
             k = builder.phi(i64)
             k.add_incoming(ir.Constant(i64, 0), pre)
             acc = [[builder.phi(vty) for _ in range(V)] for _ in range(R)]
-            for row in acc:
-                for p in row:
-                    p.add_incoming(zero, pre)
+            for r in range(R):
+                for v in range(V):
+                    acc[r][v].add_incoming(start[r][v], pre)
             wrow = builder.bitcast(builder.gep(w0, [builder.mul(k, wstride)]), fty.as_pointer())
             wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, v * lanes)]),
                                                vty.as_pointer()), align=align)
@@ -136,7 +143,7 @@ def _make_tile(R: int, V: int):
             builder.cbranch(builder.icmp_signed("<", k1, K), loop, done)
             builder.position_at_end(done)
             for r in range(R):
-                yrow = _row_pointer(builder, ya, builder.add(r0_, ir.Constant(i64, r)), yc_, fty)
+                yrow = yrows[r]
                 for v in range(V):
                     ptr = builder.bitcast(builder.gep(yrow, [ir.Constant(i64, v * lanes)]),
                                           vty.as_pointer())
@@ -160,75 +167,76 @@ _t41, _t42, _t43, _t44 = (_T[4, v] for v in range(1, 5))
 
 
 @jit(inline="always", **_OPTS)
-def _wide(R, V, a, r0, w, wc, y, yc):
+def _wide(R, V, a, r0, w, wc, y, yc, acc):
     """One tile of R (1-2) rows and V (1-8) vectors."""
     if R == 2:
         if V == 8:
-            _t28(a, r0, w, wc, y, yc)
+            _t28(a, r0, w, wc, y, yc, acc)
         elif V == 7:
-            _t27(a, r0, w, wc, y, yc)
+            _t27(a, r0, w, wc, y, yc, acc)
         elif V == 6:
-            _t26(a, r0, w, wc, y, yc)
+            _t26(a, r0, w, wc, y, yc, acc)
         elif V == 5:
-            _t25(a, r0, w, wc, y, yc)
+            _t25(a, r0, w, wc, y, yc, acc)
         elif V == 4:
-            _t24(a, r0, w, wc, y, yc)
+            _t24(a, r0, w, wc, y, yc, acc)
         elif V == 3:
-            _t23(a, r0, w, wc, y, yc)
+            _t23(a, r0, w, wc, y, yc, acc)
         elif V == 2:
-            _t22(a, r0, w, wc, y, yc)
+            _t22(a, r0, w, wc, y, yc, acc)
         else:
-            _t21(a, r0, w, wc, y, yc)
+            _t21(a, r0, w, wc, y, yc, acc)
     else:
         if V == 8:
-            _t18(a, r0, w, wc, y, yc)
+            _t18(a, r0, w, wc, y, yc, acc)
         elif V == 7:
-            _t17(a, r0, w, wc, y, yc)
+            _t17(a, r0, w, wc, y, yc, acc)
         elif V == 6:
-            _t16(a, r0, w, wc, y, yc)
+            _t16(a, r0, w, wc, y, yc, acc)
         elif V == 5:
-            _t15(a, r0, w, wc, y, yc)
+            _t15(a, r0, w, wc, y, yc, acc)
         elif V == 4:
-            _t14(a, r0, w, wc, y, yc)
+            _t14(a, r0, w, wc, y, yc, acc)
         elif V == 3:
-            _t13(a, r0, w, wc, y, yc)
+            _t13(a, r0, w, wc, y, yc, acc)
         elif V == 2:
-            _t12(a, r0, w, wc, y, yc)
+            _t12(a, r0, w, wc, y, yc, acc)
         else:
-            _t11(a, r0, w, wc, y, yc)
+            _t11(a, r0, w, wc, y, yc, acc)
 
 
 @jit(inline="always", **_OPTS)
-def _tall(R, V, a, r0, w, wc, y, yc):
+def _tall(R, V, a, r0, w, wc, y, yc, acc):
     """One tile of R (3-4) rows and V (1-4) vectors."""
     if R == 4:
         if V == 4:
-            _t44(a, r0, w, wc, y, yc)
+            _t44(a, r0, w, wc, y, yc, acc)
         elif V == 3:
-            _t43(a, r0, w, wc, y, yc)
+            _t43(a, r0, w, wc, y, yc, acc)
         elif V == 2:
-            _t42(a, r0, w, wc, y, yc)
+            _t42(a, r0, w, wc, y, yc, acc)
         else:
-            _t41(a, r0, w, wc, y, yc)
+            _t41(a, r0, w, wc, y, yc, acc)
     else:
         if V == 4:
-            _t34(a, r0, w, wc, y, yc)
+            _t34(a, r0, w, wc, y, yc, acc)
         elif V == 3:
-            _t33(a, r0, w, wc, y, yc)
+            _t33(a, r0, w, wc, y, yc, acc)
         elif V == 2:
-            _t32(a, r0, w, wc, y, yc)
+            _t32(a, r0, w, wc, y, yc, acc)
         else:
-            _t31(a, r0, w, wc, y, yc)
+            _t31(a, r0, w, wc, y, yc, acc)
 
 
 @jit(**_OPTS)
-def _micro_dot(a, w, y, yc):
+def _micro_dot(a, w, y, yc, acc=False):
     M, K = a.shape
     N = w.shape[1]
     if M == 0 or N == 0:
         return
     if K == 0:
-        y[:, yc:yc + N] = 0.0
+        if not acc:
+            y[:, yc:yc + N] = 0.0
         return
     lanes = _VECTOR_BYTES // a.itemsize
     full = N - N % lanes  # columns the vector tiles cover
@@ -237,27 +245,33 @@ def _micro_dot(a, w, y, yc):
     for c in range(0, full, vmax * lanes):
         V = min(vmax, (full - c) // lanes)
         if wide:
-            _wide(M, V, a, 0, w, c, y, yc + c)
+            _wide(M, V, a, 0, w, c, y, yc + c, acc)
         else:
             r = 0
             while r < M:
                 R = min(_MAX_ROWS, M - r)
                 if R > 2:
-                    _tall(R, V, a, r, w, c, y, yc + c)
+                    _tall(R, V, a, r, w, c, y, yc + c, acc)
                 else:
-                    _wide(R, V, a, r, w, c, y, yc + c)
+                    _wide(R, V, a, r, w, c, y, yc + c, acc)
                 r += R
     for c in range(full, N):  # fewer columns than a vector: plain dot products
         for r in range(M):
-            s = a[r, 0] * w[0, c]
+            if acc:
+                s = y[r, yc + c] + a[r, 0] * w[0, c]
+            else:
+                s = a[r, 0] * w[0, c]
             for k in range(1, K):
                 s += a[r, k] * w[k, c]
             y[r, yc + c] = s
 
 
 if numba.config.DISABLE_JIT:
-    def micro_dot(a, w, y, yc):
-        """``y[:, yc:yc + N] = a @ w`` (NumPy: the JIT is disabled)."""
-        y[:, yc:yc + w.shape[1]] = np.dot(a, w)
+    def micro_dot(a, w, y, yc, acc=False):
+        """``y[:, yc:yc + N] (+)= a @ w`` (NumPy: the JIT is disabled)."""
+        if acc:
+            y[:, yc:yc + w.shape[1]] += np.dot(a, w)
+        else:
+            y[:, yc:yc + w.shape[1]] = np.dot(a, w)
 else:
     micro_dot = _micro_dot
