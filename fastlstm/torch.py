@@ -370,7 +370,9 @@ def _params_of(module, weights, dims) -> LSTMParams:
     if memo is not None and memo[0] == stamp:
         return memo[1]
     p = _params(weights, dims)
-    _module_params[module] = (stamp, p)
+    # also the weights list and its versions, for LSTM._small_inference's quicker check (the
+    # list is replaced whenever a parameter is reassigned)
+    _module_params[module] = (stamp, p, weights, [w._version for w in weights])
     return p
 
 
@@ -408,6 +410,10 @@ class LSTM(nn.RNNBase):
         super().__init__("LSTM", *args, **kwargs)
 
     def forward(self, input, hx=None):  # noqa: A002 - nn.LSTM's argument name
+        if type(input) is torch.Tensor and not torch.is_grad_enabled():
+            out = self._small_inference(input, hx)
+            if out is not None:
+                return out
         packed = isinstance(input, PackedSequence)
         if packed:
             x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
@@ -475,6 +481,35 @@ class LSTM(nn.RNNBase):
         if unbatched:
             return y.squeeze(1), (h.squeeze(1), c.squeeze(1))
         return (y.transpose(0, 1) if self.batch_first else y), (h, c)
+
+
+    def _small_inference(self, x, hx):
+        """The streaming case's shortcut (no autograd, a time-major or one-step CPU tensor of
+        the weights' dtype, few rows: the step kernel): the general path's checks reduced to
+        attribute comparisons; None when the call does not qualify."""
+        if (x.dim() != 3 or (self.batch_first and x.shape[0] != 1 and x.shape[1] != 1)
+                or not x.is_cpu or not x.is_contiguous() or torch.compiler.is_compiling()):
+            return None
+        weights = self._flat_weights
+        if x.dtype is not weights[0].dtype:
+            return None
+        h0n = c0n = None
+        if hx is not None:
+            h0, c0 = hx
+            if type(h0) is not torch.Tensor or type(c0) is not torch.Tensor \
+                    or not (h0.is_cpu and c0.is_cpu and h0.is_contiguous() and c0.is_contiguous()):
+                return None
+            h0n, c0n = h0.numpy(), c0.numpy()
+        memo = _module_params.get(self)
+        if memo is not None and memo[2] is weights and memo[3] == [w._version for w in weights]:
+            params = memo[1]
+        else:
+            dims = [self.num_layers, int(self.bidirectional), self.proj_size, int(self.bias)]
+            params = _params_of(self, weights, dims)
+        res = thin_forward(x.numpy(), params, h0n, c0n, self.batch_first)
+        if res is None:
+            return None
+        return torch.from_numpy(res.y), (torch.from_numpy(res.h), torch.from_numpy(res.c))
 
 
 class LSTMCell(nn.RNNCellBase):

@@ -189,6 +189,47 @@ def test_inference_route_matches_nn_lstm(kw, dtype, T, B):
     assert all(torch.equal(a, b) for a, b in zip((x, *hx), before))
 
 
+def test_streaming_shortcut_taken_and_refreshed(monkeypatch):
+    """Under no_grad a small time-major (or one-step batch_first) call takes the module's
+    shortcut to the step kernel, with and without hx; an optimizer step (an in-place weight
+    update) is seen by the next call; calls that do not qualify (a non-contiguous input, a
+    wrong dtype) take the general path and its errors."""
+    calls = []
+    real = flt.LSTM._small_inference
+
+    def spy(self, *a):
+        out = real(self, *a)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(flt.LSTM, "_small_inference", spy)
+    ref, m = _pair(11, torch.float32, input_size=6, hidden_size=8, num_layers=2)
+    x = torch.randn(3, 2, 6)
+    hx = (torch.randn(2, 2, 8), torch.randn(2, 2, 8))
+    with torch.inference_mode():
+        for args in ((x,), (x, hx)):
+            for a, b in zip(m(*args)[1] + (m(*args)[0],), ref(*args)[1] + (ref(*args)[0],)):
+                assert _rel(a, b) <= 2e-6
+    assert calls == [True] * 4
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    m.weight_hh_l1.grad = torch.randn_like(m.weight_hh_l1)
+    opt.step()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert _rel(m(x, hx)[0], ref(x, hx)[0]) <= 2e-6
+        xt = torch.randn(6, 2, 3).transpose(0, 2)  # (3, 2, 6), not contiguous
+        assert _rel(m(xt)[0], ref(xt)[0]) <= 2e-6
+        with pytest.raises(TypeError, match="input"):
+            m(x.half())
+    assert calls == [True] * 5 + [False, False]
+    bf = flt.LSTM(6, 8, batch_first=True)
+    ref_bf = nn.LSTM(6, 8, batch_first=True)
+    ref_bf.load_state_dict(bf.state_dict())
+    x1 = torch.randn(1, 5, 6)  # (B, T, I) with B = 1: the time-major memory
+    with torch.no_grad():
+        assert _rel(bf(x1)[0], ref_bf(x1)[0]) <= 2e-6
+
+
 def test_inference_route_cell_and_unbatched():
     torch.manual_seed(8)
     ref = nn.LSTMCell(3, 5)
