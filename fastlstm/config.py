@@ -30,8 +30,9 @@ class CPUConfig:
     chunk_min_rows: int = 24
     #: Per-step products of at most this many rows, whose weights take at most
     #: ``micro_max_bytes``, run the register-blocked kernel (``kernels/cpu/smallgemm.py``) on
-    #: weights in tile-wide column blocks instead of BLAS (bench/NOTES.md, "Few rows"). 0: never.
-    micro_max_rows: int = 4
+    #: weights in tile-wide column blocks instead of BLAS (bench/NOTES.md, "Few rows": 1.1-1.2x
+    #: at batch 1; at 2-4 OpenBLAS on the same aligned weights is as fast or 5% faster). 0: never.
+    micro_max_rows: int = 1
     micro_max_bytes: int = 1 << 20
     #: Inference layers of at most this many sequences (one direction, no projection, equal
     #: lengths, at least ``duo_min_steps`` steps, ``duo_min_hidden`` units and at most

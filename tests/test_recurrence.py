@@ -201,15 +201,19 @@ def test_block_shape_rule():
     assert block_shape(128, 1024, 4096) == (4096, 128)   # > 2^26: one threaded call
     assert block_shape(128, 1024, 4096, threaded=False) == (32, 30)  # a pinned task: blocks
     assert block_shape(64, 1024, 250) == (250, 3)        # no 16-column divisor: rows only
-    # few rows with the item size given: tile-wide blocks for the register-blocked kernel
-    assert block_shape(4, 128, 512, itemsize=4) == (64, 0)    # 64 float32 columns
-    assert block_shape(3, 64, 256, itemsize=8) == (32, 0)     # 32 float64 columns
-    assert block_shape(2, 64, 256, itemsize=4) == (128, 0)    # 1-2 rows: 8-vector tiles
-    assert block_shape(4, 32, 96, itemsize=4) == (48, 0)      # widest vector multiple dividing N
-    assert block_shape(3, 20, 80, itemsize=4) == (80, 0)      # ... from two vectors: one block
-    assert block_shape(2, 8, 132, itemsize=4) == (132, 0)     # none: one block, a scalar tail
-    assert block_shape(5, 128, 512, itemsize=4) == (512, 5)   # more rows: BLAS
+    # one row with the item size given: tile-wide blocks for the register-blocked kernel
+    assert block_shape(1, 64, 256, itemsize=4) == (128, 0)    # 1-2 rows: 8-vector tiles
+    assert block_shape(1, 64, 256, itemsize=8) == (64, 0)     # 64 float64 columns
+    assert block_shape(2, 64, 256, itemsize=4) == (256, 2)    # 2 rows: BLAS by default
     assert block_shape(1, 1024, 4096, itemsize=4) == (512, 1)   # 16 MB of weights: BLAS
+    with fastlstm.config.options("cpu", micro_max_rows=4):
+        assert block_shape(4, 128, 512, itemsize=4) == (64, 0)    # 64 float32 columns
+        assert block_shape(3, 64, 256, itemsize=8) == (32, 0)     # 32 float64 columns
+        assert block_shape(2, 64, 256, itemsize=4) == (128, 0)
+        assert block_shape(4, 32, 96, itemsize=4) == (48, 0)      # widest multiple dividing N
+        assert block_shape(3, 20, 80, itemsize=4) == (80, 0)      # from two vectors: one block
+        assert block_shape(2, 8, 132, itemsize=4) == (132, 0)     # none: a scalar tail
+        assert block_shape(5, 128, 512, itemsize=4) == (512, 5)   # more rows: BLAS
 
 
 def test_fuse_dx_rule():

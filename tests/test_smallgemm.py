@@ -80,17 +80,20 @@ def test_micro_dot_on_strided_views():
     Config(T=7, B=3, I=5, H=20, L=2, bidirectional=True, lengths=True),   # 80 gate columns
     Config(T=5, B=4, I=4, H=33, proj=9, lengths=True),                    # 132: a scalar tail
     Config(T=4, B=2, I=16, H=64),
+    Config(T=6, B=1, I=3, H=16, lengths=False),                           # the default's case
 ], ids=str)
 def test_recurrence_on_few_rows_kernel_and_blas_agree(cfg, dtype):
-    """The same problem with the few-rows kernel (default) and with BLAS (``micro_max_rows=0``):
-    both match the reference, and the kernel's weights are in tile-wide blocks."""
+    """The same problem with the few-rows kernel (on for up to 4 rows here; by default for 1)
+    and with BLAS (``micro_max_rows=0``): both match the reference, and the kernel's weights
+    are in tile-wide blocks."""
     p = make_problem(cfg, dtype, seed=21)
     f_ref, b_ref = run(p, "reference")
-    f_cpu, b_cpu = run(p, "cpu")
+    with fastlstm.config.options("cpu", micro_max_rows=4):
+        f_cpu, b_cpu = run(p, "cpu")
+        # the forward's W_hh^T in the blocks block_shape picks for these rows, 0 rows per chunk
+        cols, mb = fastlstm.backends.cpu.block_shape(cfg.B, cfg.P or cfg.H, 4 * cfg.H,
+                                                      itemsize=np.dtype(dtype).itemsize)
     compare(f_cpu, b_cpu, f_ref, b_ref, dtype, str(cfg))
-    # the forward's W_hh^T in the blocks block_shape picks for these rows, 0 rows per chunk
-    cols, mb = fastlstm.backends.cpu.block_shape(cfg.B, cfg.P or cfg.H, 4 * cfg.H,
-                                                  itemsize=np.dtype(dtype).itemsize)
     assert mb == 0 and (cols <= tile_columns(np.dtype(dtype).itemsize, cfg.B) or cols == 4 * cfg.H)
     assert ("cpu", "blocks", ("w_hh_t", 0, 0), cols) in p.params._derived or cols == 4 * cfg.H
     q = make_problem(cfg, dtype, seed=21)

@@ -171,7 +171,7 @@ def col_blocks(params, key, w, M, threaded=True, cfg=None):
 def _blocked(w, nb):
     """``w`` (K, N) as column blocks (N/nb, K, nb), 64-byte aligned (``smallgemm``)."""
     K, N = w.shape
-    out = smallgemm.aligned_zeros((N // nb, K, nb), w.dtype)
+    out = smallgemm.aligned_empty((N // nb, K, nb), w.dtype)
     out[...] = w.reshape(K, N // nb, nb).transpose(1, 0, 2)
     return out
 
@@ -189,6 +189,13 @@ class _Prepared:
     w_hr: list               # (P, H), or (0, 0)
 
 
+def _aligned(w) -> np.ndarray:
+    """A C-contiguous, 64-byte aligned copy of ``w``."""
+    out = smallgemm.aligned_empty(w.shape, w.dtype)
+    out[...] = w
+    return out
+
+
 def _prepare(params, layer) -> _Prepared:
     return params.derived(("cpu", "layer", layer), lambda: _prepare_uncached(params, layer))
 
@@ -200,14 +207,16 @@ def _prepare_uncached(params, layer) -> _Prepared:
     for d in range(D):
         wi, wh, bi, bh, wr = params.layer_weights(layer, d)
         w_ih.append(wi)
-        w_hh.append(wh.copy())  # writable copies: one Numba specialisation per dtype
-        w_hh_t.append(np.ascontiguousarray(wh.T))
-        w_hr.append(wr.copy() if wr is not None else np.empty((0, 0), dt))
-        w_hr_t.append(np.ascontiguousarray(wr.T) if wr is not None else np.empty((0, 0), dt))
+        # writable (one Numba specialisation per dtype), 64-byte aligned copies (BLAS and the
+        # few-rows kernel both read aligned rows faster: bench/NOTES.md, "Few rows")
+        w_hh.append(_aligned(wh))
+        w_hh_t.append(_aligned(wh.T))
+        w_hr.append(_aligned(wr) if wr is not None else np.empty((0, 0), dt))
+        w_hr_t.append(_aligned(wr.T) if wr is not None else np.empty((0, 0), dt))
         bias.append(bi + bh if bi is not None else np.zeros(wh.shape[0], dt))
-    w_ih_cat_t = np.ascontiguousarray(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
+    w_ih_cat_t = _aligned(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
     # per direction, for a parallel task's own phase 1; with one direction the stacked array
-    w_ih_t = [w_ih_cat_t] if D == 1 else [np.ascontiguousarray(w.T) for w in w_ih]
+    w_ih_t = [w_ih_cat_t] if D == 1 else [_aligned(w.T) for w in w_ih]
     return _Prepared(w_ih_cat_t, w_ih_t, w_ih, bias, w_hh_t, w_hh, w_hr_t, w_hr)
 
 

@@ -4,12 +4,12 @@ At batch 1-8 the per-step products of the recurrence (``h @ W_hh^T`` forward, ``
 backward) and of the step kernel are bound by streaming the weights from the L2 cache: every
 weight is used once per step per row. OpenBLAS sustains 45-60 GB/s on them on this project's
 machines, plus a fixed ~0.4 us per call. The kernel here reads W once per row group of up to 4
-rows, in tiles of 4 SIMD vectors (64 float32 / 32 float64 columns), keeping the R x 4 vector
-accumulators in registers over the whole K loop; no packing, no call overhead. It reaches the
-L2 stream rate (70-105 GB/s) when W is laid out in column blocks exactly one tile wide: each
-tile then reads a contiguous stream (``fastlstm/backends/cpu.py::block_shape`` picks that
-layout for products of at most ``CPUConfig.micro_max_rows`` rows). Measured against the BLAS
-call in bench/NOTES.md ("Few rows: a register-blocked product").
+rows, in tiles of 4 SIMD vectors (64 float32 / 32 float64 columns; 8 for 1-2 rows), keeping
+the vector accumulators in registers over the whole K loop; no packing, no call overhead. It
+reaches the L2 stream rate (70-105 GB/s) when W is laid out in column blocks exactly one tile
+wide: each tile then reads a contiguous stream (``fastlstm/backends/cpu.py::block_shape``
+picks that layout for products of at most ``CPUConfig.micro_max_rows`` rows). Measured against
+the BLAS call in bench/NOTES.md ("Few rows") and bench/bench_smallgemm.py.
 
 The tile is written as LLVM vector IR (``numba.extending.intrinsic``): Numba's own loops keep
 such accumulators in memory (W and y might alias), which caps them at 32-40 GB/s. 512-bit
@@ -155,33 +155,31 @@ def _make_tile(R: int, V: int):
     return tile
 
 
-# R x V tiles: up to 4 rows of 4 vectors, or up to 2 rows of 8 (16 accumulators either way,
-# leaving registers for the loaded weights). One row's 4 accumulators would each wait on a chain
-# of K dependent FMAs; 8 keep the loads in flight.
-_T = {(r, v): _make_tile(r, v) for r in range(1, _MAX_ROWS + 1)
-      for v in range(1, (_MAX_VECTORS if r > 2 else 2 * _MAX_VECTORS) + 1)}
-_t11, _t12, _t13, _t14, _t15, _t16, _t17, _t18 = (_T[1, v] for v in range(1, 9))
-_t21, _t22, _t23, _t24, _t25, _t26, _t27, _t28 = (_T[2, v] for v in range(1, 9))
-_t31, _t32, _t33, _t34 = (_T[3, v] for v in range(1, 5))
-_t41, _t42, _t43, _t44 = (_T[4, v] for v in range(1, 5))
+# R x V tiles: 1-2 rows of up to 8 vectors, or 4 rows of up to 4 (at most 16 accumulators,
+# leaving registers for the loaded weights; one row's 4 accumulators would each wait on a
+# chain of K dependent FMAs, 8 keep the loads in flight). Other shapes are made of these:
+# 3 rows as 2 + 1, tails of 3 vectors as 2 + 1 (fewer variants: each one costs compile time).
+_T = {(r, v): _make_tile(r, v) for r in (1, 2, 4) for v in (1, 2, 4, 8) if r < 4 or v < 8}
+_t11, _t12, _t14, _t18 = (_T[1, v] for v in (1, 2, 4, 8))
+_t21, _t22, _t24, _t28 = (_T[2, v] for v in (1, 2, 4, 8))
+_t41, _t42, _t44 = (_T[4, v] for v in (1, 2, 4))
 
 
 @jit(inline="always", **_OPTS)
-def _wide(R, V, a, r0, w, wc, y, yc, acc):
-    """One tile of R (1-2) rows and V (1-8) vectors."""
-    if R == 2:
+def _tile(R, V, a, r0, w, wc, y, yc, acc):
+    """One tile: R in (1, 2, 4) rows, V in (1, 2, 4, 8) vectors (8 only with R <= 2)."""
+    if R == 4:
+        if V == 4:
+            _t44(a, r0, w, wc, y, yc, acc)
+        elif V == 2:
+            _t42(a, r0, w, wc, y, yc, acc)
+        else:
+            _t41(a, r0, w, wc, y, yc, acc)
+    elif R == 2:
         if V == 8:
             _t28(a, r0, w, wc, y, yc, acc)
-        elif V == 7:
-            _t27(a, r0, w, wc, y, yc, acc)
-        elif V == 6:
-            _t26(a, r0, w, wc, y, yc, acc)
-        elif V == 5:
-            _t25(a, r0, w, wc, y, yc, acc)
         elif V == 4:
             _t24(a, r0, w, wc, y, yc, acc)
-        elif V == 3:
-            _t23(a, r0, w, wc, y, yc, acc)
         elif V == 2:
             _t22(a, r0, w, wc, y, yc, acc)
         else:
@@ -189,43 +187,12 @@ def _wide(R, V, a, r0, w, wc, y, yc, acc):
     else:
         if V == 8:
             _t18(a, r0, w, wc, y, yc, acc)
-        elif V == 7:
-            _t17(a, r0, w, wc, y, yc, acc)
-        elif V == 6:
-            _t16(a, r0, w, wc, y, yc, acc)
-        elif V == 5:
-            _t15(a, r0, w, wc, y, yc, acc)
         elif V == 4:
             _t14(a, r0, w, wc, y, yc, acc)
-        elif V == 3:
-            _t13(a, r0, w, wc, y, yc, acc)
         elif V == 2:
             _t12(a, r0, w, wc, y, yc, acc)
         else:
             _t11(a, r0, w, wc, y, yc, acc)
-
-
-@jit(inline="always", **_OPTS)
-def _tall(R, V, a, r0, w, wc, y, yc, acc):
-    """One tile of R (3-4) rows and V (1-4) vectors."""
-    if R == 4:
-        if V == 4:
-            _t44(a, r0, w, wc, y, yc, acc)
-        elif V == 3:
-            _t43(a, r0, w, wc, y, yc, acc)
-        elif V == 2:
-            _t42(a, r0, w, wc, y, yc, acc)
-        else:
-            _t41(a, r0, w, wc, y, yc, acc)
-    else:
-        if V == 4:
-            _t34(a, r0, w, wc, y, yc, acc)
-        elif V == 3:
-            _t33(a, r0, w, wc, y, yc, acc)
-        elif V == 2:
-            _t32(a, r0, w, wc, y, yc, acc)
-        else:
-            _t31(a, r0, w, wc, y, yc, acc)
 
 
 @jit(**_OPTS)
@@ -240,21 +207,17 @@ def _micro_dot(a, w, y, yc, acc=False):
         return
     lanes = _VECTOR_BYTES // a.itemsize
     full = N - N % lanes  # columns the vector tiles cover
-    wide = M <= 2
-    vmax = 2 * _MAX_VECTORS if wide else _MAX_VECTORS
-    for c in range(0, full, vmax * lanes):
-        V = min(vmax, (full - c) // lanes)
-        if wide:
-            _wide(M, V, a, 0, w, c, y, yc + c, acc)
-        else:
-            r = 0
-            while r < M:
-                R = min(_MAX_ROWS, M - r)
-                if R > 2:
-                    _tall(R, V, a, r, w, c, y, yc + c, acc)
-                else:
-                    _wide(R, V, a, r, w, c, y, yc + c, acc)
-                r += R
+    vmax = 2 * _MAX_VECTORS if M <= 2 else _MAX_VECTORS
+    c = 0
+    while c < full:
+        left = (full - c) // lanes
+        V = vmax if left >= vmax else (4 if left >= 4 else (2 if left >= 2 else 1))
+        r = 0
+        while r < M:
+            R = 4 if M - r >= 4 else (2 if M - r >= 2 else 1)
+            _tile(R, V, a, r, w, c, y, yc + c, acc)
+            r += R
+        c += V * lanes
     for c in range(full, N):  # fewer columns than a vector: plain dot products
         for r in range(M):
             if acc:
