@@ -119,19 +119,41 @@ def _product(a, wb, z):
 
 
 @jit(**_OPTS)
-def _own_part(q, t, xg, wo, hbuf, H0, z):
-    """Half ``q`` of step ``t``, the part that needs only q's own units' h of step t - 1:
-    ``z = xg_q[t] + h_q @ W_hh^T[q's rows, q's columns]`` (``xg`` (T*B, 4Hq) q's input
-    projection with the bias; ``wo``: those rows of W_hh^T in column blocks)."""
-    B, H = hbuf.shape[1], hbuf.shape[2]
-    j0 = 0 if q == 0 else H0
-    Hq = H0 if q == 0 else H - H0
-    G = z.shape[1]
+def _start(t, xg, z):
+    """``z = xg[t]``: a half's gates start from its input projection (bias included)."""
+    B, G = z.shape
     for b in range(B):
         zb = z[b]
         xb = xg[t * B + b]
         for g in range(G):
             zb[g] = xb[g]
+
+
+@jit(**_OPTS)
+def _finish(q, t, hbuf, c, y, H0, z, zero, s1, s2):
+    """Half ``q`` of step ``t`` from its complete gate pre-activations ``z``: the cell and
+    hidden values of q's units into ``c``, ``hbuf[(t + 1) % 2]`` and ``y[t]``."""
+    B, H = c.shape
+    j0 = 0 if q == 0 else H0
+    Hq = H0 if q == 0 else H - H0
+    nxt = hbuf[(t + 1) % 2]
+    for b in range(B):
+        hb = nxt[b, j0:j0 + Hq]
+        _cell_forward(z[b], zero, zero, c[b, j0:j0 + Hq], hb, Hq, s1, s2)
+        yb = y[t, b]
+        for j in range(Hq):
+            yb[j0 + j] = hb[j]
+
+
+@jit(**_OPTS)
+def _own_part(q, t, xg, wo, hbuf, H0, z):
+    """Half ``q`` of step ``t``, the part that needs only q's own units' h of step t - 1:
+    ``z = xg_q[t] + h_q @ W_hh^T[q's rows, q's columns]`` (``xg`` (T*B, 4Hq) q's input
+    projection with the bias; ``wo``: those rows of W_hh^T in column blocks)."""
+    H = hbuf.shape[2]
+    j0 = 0 if q == 0 else H0
+    Hq = H0 if q == 0 else H - H0
+    _start(t, xg, z)
     _product(hbuf[t % 2, :, j0:j0 + Hq], wo, z)
 
 
@@ -140,18 +162,24 @@ def _other_part(q, t, wx, hbuf, c, y, H0, z, zero, s1, s2):
     """The rest of half ``q`` of step ``t``, once the other half of step t - 1 is done: the
     product over the other half's units added (``wx``: W_hh^T rows of those units, q's
     columns), then q's cell and hidden values into ``c``, ``hbuf[(t + 1) % 2]`` and ``y[t]``."""
-    B, H = c.shape
-    j0 = 0 if q == 0 else H0
-    Hq = H0 if q == 0 else H - H0
+    H = c.shape[1]
     k0 = H0 if q == 0 else 0
+    Hq = H0 if q == 0 else H - H0
     _product(hbuf[t % 2, :, k0:k0 + (H - Hq)], wx, z)
-    nxt = hbuf[(t + 1) % 2]
-    for b in range(B):
-        hb = nxt[b, j0:j0 + Hq]
-        _cell_forward(z[b], zero, zero, c[b, j0:j0 + Hq], hb, Hq, s1, s2)
-        yb = y[t, b]
-        for j in range(Hq):
-            yb[j0 + j] = hb[j]
+    _finish(q, t, hbuf, c, y, H0, z, zero, s1, s2)
+
+
+@jit(**_OPTS)
+def _half(q, t, xg, wo, wx, hbuf, c, y, H0, z, zero, s1, s2, ctrl, other, waits, mine):
+    """Half ``q`` of step ``t`` in its two parts, waiting between them until the other half of
+    step t - 1 is done (``ctrl[other]`` >= t; spin loops counted in ``ctrl[waits]``), then
+    marking this half of step t done (``ctrl[mine]`` = t + 1)."""
+    _own_part(q, t, xg, wo, hbuf, H0, z)
+    while _load(ctrl, other) < t:
+        _relax()
+        ctrl[waits] += 1
+    _other_part(q, t, wx, hbuf, c, y, H0, z, zero, s1, s2)
+    _store(ctrl, mine, t + 1)
 
 
 @jit(**_OPTS)
@@ -161,29 +189,18 @@ def _whole(q, t, xg, ws, hbuf, c, y, H0, z, hs, zero, s1, s2):
     half's, the FMAs are those of :func:`_own_part` and :func:`_other_part`, in one call per
     block. What the calling thread does while the partner has not joined."""
     B, H = c.shape
-    j0 = 0 if q == 0 else H0
     Hq = H0 if q == 0 else H - H0
-    G = z.shape[1]
     hcur = hbuf[t % 2]
-    for b in range(B):
-        zb = z[b]
-        xb = xg[t * B + b]
-        for g in range(G):
-            zb[g] = xb[g]
-        if q == 1:
+    _start(t, xg, z)
+    if q == 1:
+        for b in range(B):
             hb = hs[b]
             for k in range(Hq):
                 hb[k] = hcur[b, H0 + k]
             for k in range(H0):
                 hb[Hq + k] = hcur[b, k]
     _product(hcur if q == 0 else hs, ws, z)
-    nxt = hbuf[(t + 1) % 2]
-    for b in range(B):
-        hb = nxt[b, j0:j0 + Hq]
-        _cell_forward(z[b], zero, zero, c[b, j0:j0 + Hq], hb, Hq, s1, s2)
-        yb = y[t, b]
-        for j in range(Hq):
-            yb[j0 + j] = hb[j]
+    _finish(q, t, hbuf, c, y, H0, z, zero, s1, s2)
 
 
 @jit(**_OPTS)
@@ -255,16 +272,9 @@ def duo_forward(part, seq, x2, w, buf, H0, ctrl):
                 _store(ctrl, P0, t + 1)
                 _store(ctrl, P1, t + 1)
                 continue
-            _own_part(0, t, xg0, wo0, hbuf, H0, z0)
-            while _load(ctrl, P1) < t:
-                _relax()
-                ctrl[WAITS] += 1
-            _other_part(0, t, wx0, hbuf, c, y, H0, z0, zero, s1, s2)
-            _store(ctrl, P0, t + 1)
+            _half(0, t, xg0, wo0, wx0, hbuf, c, y, H0, z0, zero, s1, s2, ctrl, P1, WAITS, P0)
             if _cas(ctrl, CLAIM, t, t + 1):  # the partner has not started this step: do it
-                _own_part(1, t, xg1, wo1, hbuf, H0, z1)
-                _other_part(1, t, wx1, hbuf, c, y, H0, z1, zero, s1, s2)
-                _store(ctrl, P1, t + 1)
+                _half(1, t, xg1, wo1, wx1, hbuf, c, y, H0, z1, zero, s1, s2, ctrl, P0, WAITS, P1)
         while _load(ctrl, P1) < T:
             _relax()
             ctrl[WAITS] += 1
@@ -286,12 +296,7 @@ def duo_forward(part, seq, x2, w, buf, H0, ctrl):
                 break
             _relax()
         if ready and _cas(ctrl, CLAIM, t, t + 1):
-            _own_part(1, t, xg1, wo1, hbuf, H0, z1)
-            while _load(ctrl, P0) < t:
-                _relax()
-                ctrl[PWAITS] += 1
-            _other_part(1, t, wx1, hbuf, c, y, H0, z1, zero, s1, s2)
-            _store(ctrl, P1, t + 1)
+            _half(1, t, xg1, wo1, wx1, hbuf, c, y, H0, z1, zero, s1, s2, ctrl, P0, PWAITS, P1)
             ctrl[DONE] += 1
     _store(ctrl, JOIN, 4 * seq + 3)
 
