@@ -294,8 +294,11 @@ def own_kept_input(state: TrainingState | None, inp: HostInputs) -> TrainingStat
     backend's [x | h_prev] rows, written by its kernels) needs nothing."""
     if state is None or not state.layers or state.layers[0].x is not inp.x:
         return state
+    padded = bool((inp.lengths < inp.x.shape[0]).any())
+    if not (inp.x_shared or padded):
+        return state  # already the call's own array, nothing to zero
     x = inp.x.copy() if inp.x_shared else inp.x
-    if (inp.lengths < x.shape[0]).any():
+    if padded:
         zero_padding(x, inp.lengths)
     layers = (replace(state.layers[0], x=x),) + state.layers[1:]
     return replace(state, layers=layers)

@@ -20,6 +20,8 @@ vectors are emitted; LLVM splits them on machines with narrower registers.
 With ``acc`` a product split over ranges of K in successive calls does exactly the FMAs of one
 call. Under ``NUMBA_DISABLE_JIT`` it is ``np.dot``.
 """
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -52,7 +54,9 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     multiple of 64: 1.5-1.65x faster than the same weights at NumPy's 16-byte alignment
     (bench/NOTES.md)."""
     dt = np.dtype(dtype)
-    n = int(np.prod(shape))
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    n = math.prod(shape)
     raw = np.empty(n + 64 // dt.itemsize, dt)
     skip = (-raw.ctypes.data % 64) // dt.itemsize
     return raw[skip:skip + n].reshape(shape)
