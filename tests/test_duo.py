@@ -82,11 +82,11 @@ def test_calling_thread_alone_does_every_step(dtype):
 
 def _kernel_call(params, x, h0, c0, call):
     """``call(x2, w, buf, H0)`` on fresh buffers for layer 0; (y, h_n, c_n)."""
-    from fastlstm.backends import cpu as backend
+    from fastlstm.backends import cpu_duo
     from fastlstm.kernels.cpu.smallgemm import aligned_empty
     T, B, I = x.shape
     H, dt = params.hidden_size, params.dtype
-    d = backend._duo_weights(params, 0, B)
+    d = cpu_duo.weights(params, 0, B)
     hbuf = aligned_empty((2, B, H), dt)
     hbuf[0] = h0[0]
     c = c0[0].copy()

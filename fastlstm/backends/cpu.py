@@ -25,7 +25,9 @@ from one GEMM over ``[x | h_prev]`` (``stack_x_hprev``), which reads the gate gr
 For one layer and one direction the forward kernels write those ``[x | h_prev]`` rows
 themselves, and the training cache keeps them instead of the layer's input and output.
 Every BLAS call goes to SciPy's OpenBLAS (Numba's ``np.dot``), never NumPy's: two libraries'
-idle thread pools would fight over the cores.
+idle thread pools would fight over the cores. Small-batch inference layers may instead run on
+two cores split by hidden units (``fastlstm/backends/cpu_duo.py``), and batch-1 per-step
+products take the register-blocked kernel (``kernels/cpu/smallgemm.py``; ``block_shape``).
 
 Tuning knobs: :class:`fastlstm.config.CPUConfig`, read once per call. Weight layouts derived
 from the parameters are memoised on them (``LSTMParams.derived``), so an in-place update
@@ -45,7 +47,7 @@ import numpy as np
 from .. import config
 from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
                                     run_tasks, single_threaded_blas, split_rows)
-from ..kernels.cpu import duo, smallgemm
+from ..kernels.cpu import smallgemm
 from ..kernels.cpu.recurrence import (BackwardOut, BackwardWeights, Blocks, ForwardOut,
                                       ForwardWeights, Saved, StepInput, recurrence_backward,
                                       recurrence_forward, stack_x_hprev)
@@ -220,70 +222,6 @@ def _prepare_uncached(params, layer) -> _Prepared:
     return _Prepared(w_ih_cat_t, w_ih_t, w_ih, bias, w_hh_t, w_hh, w_hr_t, w_hr)
 
 
-@dataclass(frozen=True)
-class _Duo:
-    """One layer's weights for :func:`kernels.cpu.duo.duo_forward`: units split at ``H0``,
-    gate columns in the halves' order (``[i f g o]`` of units [0, H0), then of [H0, H)).
-    ``w`` = (wih0, wih1, wo0, wx0, wo1, wx1, ws0, ws1, bias): per half q, W_ih^T's columns of
-    q's gates (I, 4Hq), and the W_hh^T rows of q's own units, of the other half's, and both
-    stacked, q's columns, in aligned column blocks; the bias (4H,) in the same column order."""
-    H0: int
-    w: tuple
-
-
-def _duo_weights(params, layer, B) -> _Duo:
-    prep = _prepare(params, layer)
-    H = params.hidden_size
-    dt = params.dtype
-    # halves on separate cache lines of h, c and y: H0 a multiple of 64 bytes where H allows
-    step = 64 // dt.itemsize if H >= 128 // dt.itemsize else 4
-    H0 = max(step, (H // 2 + step // 2) // step * step) if H >= 8 else H // 2
-    units = (np.arange(H0), np.arange(H0, H))
-    cols = [np.concatenate([g * H + u for g in range(4)]) for u in units]
-    w_ih_t, w_hh_t = prep.w_ih_cat_t, prep.w_hh_t[0]
-
-    def blocks(w):
-        return _blocked(w, _tile_width(B, w.shape[1], dt.itemsize))
-
-    wih = [np.ascontiguousarray(w_ih_t[:, cols[q]]) for q in (0, 1)]
-    wo = [blocks(w_hh_t[units[q]][:, cols[q]]) for q in (0, 1)]
-    wx = [blocks(w_hh_t[units[1 - q]][:, cols[q]]) for q in (0, 1)]
-    ws = [blocks(w_hh_t[np.concatenate([units[q], units[1 - q]])][:, cols[q]]) for q in (0, 1)]
-    bias = np.ascontiguousarray(prep.bias[0][np.concatenate(cols)])
-    return _Duo(H0, (wih[0], wih[1], wo[0], wx[0], wo[1], wx[1], ws[0], ws[1], bias))
-
-
-def _duo_ok(params, T, B, I, lengths, training, cfg) -> bool:
-    """Whether a serial layer runs on two cores split by hidden units (``CPUConfig.duo_*``)."""
-    H = params.hidden_size
-    return (not training and params.num_directions == 1 and params.proj_size == 0
-            and 0 < B <= cfg.duo_max_rows and T >= cfg.duo_min_steps
-            and H >= cfg.duo_min_hidden and num_threads(cfg) >= 2
-            and 4 * H * (I + H) * params.dtype.itemsize <= cfg.duo_max_bytes
-            and not numba.config.DISABLE_JIT and bool((lengths == T).all()))
-
-
-def _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg, pin) -> None:
-    """One inference layer on two cores (on the calling thread alone, same arithmetic, while
-    the partner thread is held by another call or the second core is busy)."""
-    T, B, I = layer_in.shape
-    H = params.hidden_size
-    dt = params.dtype
-    d = params.derived(("cpu", "duo", layer, smallgemm.tile_columns(dt.itemsize, B)),
-                       lambda: _duo_weights(params, layer, B))
-    x2 = np.ascontiguousarray(layer_in).reshape(T * B, I)
-    xg0 = workspace("xg", (T * B, 4 * d.H0), dt)
-    xg1 = workspace("xg1", (T * B, 4 * (H - d.H0)), dt)
-    hbuf = smallgemm.aligned_empty((2, B, H), dt)
-    hbuf[0] = h0[layer]
-    c = smallgemm.aligned_empty((B, H), dt)
-    c[...] = c0[layer]
-    with pin:
-        duo.partner(cfg.duo_spins).run(x2, d.w, (xg0, xg1, hbuf, c, y), d.H0)
-    h_n[layer] = hbuf[T % 2]
-    c_n[layer] = c
-
-
 def plan_tasks(D, B, flop, cfg=None):
     """The independent recurrences of one layer as ``(direction, b0, b1)`` tasks, or None to run
     the layer serially (one thread, or a call too small to gain, or SciPy's BLAS not pinnable:
@@ -454,9 +392,9 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
         if not parallel:
             tasks = [(d, 0, B) for d in range(D)]
             pin = single_threaded_blas() if _pin_serial(flop, cfg) else _NO_PIN
-            if _duo_ok(params, T, B, I, lengths, training, cfg):
+            if cpu_duo.eligible(params, T, B, I, lengths, training, cfg):
                 y = new(f"y{layer}", (T, B, P))
-                _duo_layer(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg, pin)
+                cpu_duo.layer_forward(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg, pin)
                 paths.append("duo")
                 layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
                 continue
@@ -635,3 +573,6 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
             dx *= state.masks[layer - 1]
         dy_layer = dx
     return dy_layer, dh0, dc0, params.named_grads(per_layer)
+
+
+from . import cpu_duo  # noqa: E402  (the two-core path; it uses the helpers above)
