@@ -114,8 +114,9 @@ def _relax(typingctx):
 def _product(a, wb, z):
     """``z += a @ W`` where ``wb`` (n, K, width) holds W's column blocks."""
     nb = wb.shape[2]
+    av = a[:, :a.shape[1]]  # one layout for every caller (and _bdot's): the tiles compile once
     for i in range(wb.shape[0]):
-        micro_dot(a, wb[i], z, i * nb, True)
+        micro_dot(av, wb[i], z, i * nb, i >= 0)  # True, as a runtime bool (not a literal)
 
 
 @jit(**_OPTS)

@@ -84,8 +84,11 @@ def _bdot(a, wb, zp, out, mb):
     B = a.shape[0]
     if mb == 0:
         nb = wb.shape[2]
+        # the types the two-core kernels pass too (rows of a strided view, ``acc`` a runtime
+        # bool), so the tiles compile once per dtype
+        av = a[:, :a.shape[1]]
         for i in range(n):
-            micro_dot(a, wb[i], out, i * nb)
+            micro_dot(av, wb[i], out, i * nb, i < 0)
         return
     if n == 1:
         for r0 in range(0, B, mb):
