@@ -370,9 +370,7 @@ def _params_of(module, weights, dims) -> LSTMParams:
     if memo is not None and memo[0] == stamp:
         return memo[1]
     p = _params(weights, dims)
-    # also the weights list and its versions, for LSTM._small_inference's quicker check (the
-    # list is replaced whenever a parameter is reassigned)
-    _module_params[module] = (stamp, p, weights, [w._version for w in weights])
+    _module_params[module] = (stamp, p)
     return p
 
 
@@ -451,7 +449,7 @@ class LSTM(nn.RNNBase):
             if tuple(h0.shape) != (L * D, B, P) or tuple(c0.shape) != (L * D, B, H):
                 raise RuntimeError(f"Expected hidden sizes {(L * D, B, P)} and {(L * D, B, H)}, "
                                    f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
-        dims = [L, int(self.bidirectional), self.proj_size, int(self.bias)]
+        dims = self._dims()
         dropout = self.training and self.dropout > 0 and L > 1
         if lengths is None and not dropout and _eager_inference(x) \
                 and not _needs_grad(weights, x, h0, c0):
@@ -483,6 +481,9 @@ class LSTM(nn.RNNBase):
         return (y.transpose(0, 1) if self.batch_first else y), (h, c)
 
 
+    def _dims(self):
+        return [self.num_layers, int(self.bidirectional), self.proj_size, int(self.bias)]
+
     def _small_inference(self, x, hx):
         """The streaming case's shortcut (no autograd, a time-major or one-step CPU tensor of
         the weights' dtype, few rows: the step kernel): the general path's checks reduced to
@@ -500,12 +501,8 @@ class LSTM(nn.RNNBase):
                     or not (h0.is_cpu and c0.is_cpu and h0.is_contiguous() and c0.is_contiguous()):
                 return None
             h0n, c0n = h0.numpy(), c0.numpy()
-        memo = _module_params.get(self)
-        if memo is not None and memo[2] is weights and memo[3] == [w._version for w in weights]:
-            params = memo[1]
-        else:
-            dims = [self.num_layers, int(self.bidirectional), self.proj_size, int(self.bias)]
-            params = _params_of(self, weights, dims)
+        # the memo's stamp has the weights' addresses too: a `.data` reassignment is seen
+        params = _params_of(self, weights, self._dims())
         res = thin_forward(x.numpy(), params, h0n, c0n, self.batch_first)
         if res is None:
             return None

@@ -193,7 +193,7 @@ def test_streaming_shortcut_taken_and_refreshed(monkeypatch):
     """Under no_grad a small time-major (or one-step batch_first) call takes the module's
     shortcut to the step kernel, with and without hx; an optimizer step (an in-place weight
     update) is seen by the next call; calls that do not qualify (a non-contiguous input, a
-    wrong dtype) take the general path and its errors."""
+    wrong dtype) take the general path and its errors; a `.data` reassignment is seen too."""
     calls = []
     real = flt.LSTM._small_inference
 
@@ -221,7 +221,10 @@ def test_streaming_shortcut_taken_and_refreshed(monkeypatch):
         assert _rel(m(xt)[0], ref(xt)[0]) <= 2e-6
         with pytest.raises(TypeError, match="input"):
             m(x.half())
-    assert calls == [True] * 5 + [False, False]
+        m.weight_hh_l0.data = torch.randn_like(m.weight_hh_l0)  # same list, same versions
+        ref.load_state_dict(m.state_dict())
+        assert _rel(m(x, hx)[0], ref(x, hx)[0]) <= 2e-6
+    assert calls == [True] * 5 + [False, False, True]
     bf = flt.LSTM(6, 8, batch_first=True)
     ref_bf = nn.LSTM(6, 8, batch_first=True)
     ref_bf.load_state_dict(bf.state_dict())
