@@ -35,6 +35,7 @@ from the parameters are memoised on them (``LSTMParams.derived``), so an in-plac
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -146,6 +147,7 @@ def block_shape(M: int, K: int, N: int, threaded: bool = True,
     return w, max(1, min(M, small // (K * w)))
 
 
+@functools.lru_cache(maxsize=256)
 def _tile_width(M: int, N: int, itemsize: int) -> int:
     """Columns per block for the register-blocked kernel (see :func:`block_shape`)."""
     lanes = 64 // itemsize
