@@ -185,6 +185,7 @@ class LSTMParams:
         self._lock = threading.Lock()
         self._version = 0
         self._derived: dict = {}
+        self._stale: dict = {}
 
     @classmethod
     def _shared(cls, arrays: Mapping[str, np.ndarray], **config) -> "LSTMParams":
@@ -208,6 +209,7 @@ class LSTMParams:
         self._lock = threading.Lock()
         self._version = 0
         self._derived = {}
+        self._stale = {}
         return self
 
     def _configure(self, input_size, hidden_size, num_layers, bias, bidirectional, proj_size,
@@ -345,6 +347,13 @@ class LSTMParams:
                 return value
             return self._derived.setdefault(key, value)
 
+    def previous(self, key: Hashable):
+        """The value :meth:`derived` held under ``key`` for the version before this one (None
+        if none), handed out once: a builder may refill its arrays in place instead of
+        allocating new ones. Nothing may read it as the previous version's data any more."""
+        with self._lock:
+            return self._stale.pop(key, None)
+
     def forget_derived(self, drop: Callable[[Hashable], bool]) -> None:
         """Remove the derived data whose key ``drop(key)`` is true (e.g. per-thread buffers of
         threads that have ended)."""
@@ -430,9 +439,20 @@ class LSTMParams:
                     op(p, value)
                 finally:
                     p.setflags(write=False)
-            self._version += 1
-            self._derived = {}
+            self._new_version()
         return self
+
+    def _new_version(self) -> None:
+        """A new version (call with the lock held): the derived data is rebuilt on next use,
+        and the previous version's stays available to :meth:`previous` until the one after."""
+        self._version += 1
+        self._stale, self._derived = self._derived, {}
+
+    def _changed_outside(self) -> None:
+        """The memory these params share (:meth:`_shared`) was changed by its owner, e.g. a
+        framework's optimizer step on the tensors: a new version, as :meth:`update_` makes."""
+        with self._lock:
+            self._new_version()
 
     # ------------------------------------------------------------------ copies and pickles
     def __getstate__(self) -> dict:

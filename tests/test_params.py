@@ -72,6 +72,48 @@ def test_derived_builds_once_per_version_and_in_place_changes_drop_it():
     assert p.derived(("cpu", "prepared", 1), lambda: "again") == "again"
 
 
+def test_previous_hands_out_the_last_versions_value_once():
+    p = _params()
+    assert p.previous("k") is None
+    first = p.derived("k", lambda: np.zeros(3))
+    p.update_(_random_like(p, names=["bias_ih_l0"]), 1.0)
+    assert p.previous("k") is first and p.previous("k") is None  # once
+    p.derived("k", lambda: np.ones(3))
+    p.update_(_random_like(p, names=["bias_ih_l0"]), 1.0)
+    p.update_(_random_like(p, names=["bias_ih_l0"]), 1.0)
+    assert p.previous("k") is None  # two versions back: gone
+
+
+@pytest.mark.parametrize("B", [1, 3], ids=["few-rows", "blas"])
+def test_cpu_layouts_are_refilled_in_place_across_updates(B):
+    """After an in-place update the CPU backend refills the previous version's layouts (same
+    arrays) and every call sees the new weights (forward and backward, against the reference)."""
+    from fastlstm.backends import cpu as cpu_backend
+    p = _params(dtype=np.float32, hidden_size=6, proj_size=0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, B, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, B, 12)).astype(np.float32)
+    fastlstm.backward(fastlstm.forward(x, p, training=True).cache, dy)
+    before = cpu_backend._prepare(p, 0)
+    for step in range(2):
+        p.update_(_random_like(p, seed=10 + step), 0.3)
+        res = fastlstm.forward(x, p, training=True)
+        got = fastlstm.backward(res.cache, dy)
+        want_y = fastlstm.forward(x, p, device="reference", training=True)
+        want = fastlstm.backward(want_y.cache, dy)
+        np.testing.assert_allclose(res.y, want_y.y, rtol=2e-5, atol=2e-6)
+        for k in p.keys():
+            np.testing.assert_allclose(got.dparams[k], want.dparams[k], rtol=2e-4, atol=2e-5,
+                                       err_msg=k)
+        np.testing.assert_allclose(got.dx, want.dx, rtol=2e-4, atol=2e-5)
+        after = cpu_backend._prepare(p, 0)
+        assert after.w_hh_t[1] is before.w_hh_t[1] and after.bias[0] is before.bias[0]
+        np.testing.assert_array_equal(after.w_hh_t[1], p["weight_hh_l0_reverse"].T)
+        np.testing.assert_array_equal(after.w_ih_cat_t,
+                                      np.concatenate([p["weight_ih_l0"],
+                                                      p["weight_ih_l0_reverse"]]).T)
+
+
 def test_derived_is_thread_safe_and_the_first_stored_value_wins():
     p = _params()
     n = 8

@@ -49,6 +49,7 @@ from .. import config
 from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
                                     run_tasks, single_threaded_blas, split_rows)
 from ..kernels.cpu import smallgemm
+from ..kernels.cpu.pack import transpose_into
 from ..kernels.cpu.recurrence import (BackwardOut, BackwardWeights, Blocks, ForwardOut,
                                       ForwardWeights, Saved, StepInput, recurrence_backward,
                                       recurrence_forward, stack_x_hprev)
@@ -168,14 +169,16 @@ def col_blocks(params, key, w, M, threaded=True, cfg=None):
     nb, mb = block_shape(M, K, N, threaded, cfg, w.dtype.itemsize)
     if nb == N and w.flags.writeable and mb > 0:
         return w.reshape(1, K, N), mb
-    blocks = params.derived(("cpu", "blocks", key, nb), lambda: _blocked(w, nb))
+    dkey = ("cpu", "blocks", key, nb)
+    blocks = params.derived(dkey, lambda: _blocked(w, nb, params.previous(dkey)))
     return blocks, mb
 
 
-def _blocked(w, nb):
-    """``w`` (K, N) as column blocks (N/nb, K, nb), 64-byte aligned (``smallgemm``)."""
+def _blocked(w, nb, old=None):
+    """``w`` (K, N) as column blocks (N/nb, K, nb), 64-byte aligned (``smallgemm``); into
+    ``old`` when it has that shape and dtype."""
     K, N = w.shape
-    out = smallgemm.aligned_empty((N // nb, K, nb), w.dtype)
+    out = _reusable(old, (N // nb, K, nb), w.dtype)
     out[...] = w.reshape(K, N // nb, nb).transpose(1, 0, 2)
     return out
 
@@ -193,10 +196,25 @@ class _Prepared:
     w_hr: list               # (P, H), or (0, 0)
 
 
-def _aligned(w) -> np.ndarray:
-    """A C-contiguous, 64-byte aligned copy of ``w``."""
-    out = smallgemm.aligned_empty(w.shape, w.dtype)
-    out[...] = w
+def _reusable(old, shape, dtype) -> np.ndarray:
+    """``old`` when it is an array of ``shape`` and ``dtype`` (the previous version's buffer,
+    refilled in place), else a new 64-byte aligned one."""
+    if old is not None and old.shape == shape and old.dtype == dtype:
+        return old
+    return smallgemm.aligned_empty(shape, dtype)
+
+
+def _aligned(w, old=None) -> np.ndarray:
+    """A C-contiguous, 64-byte aligned copy of ``w`` (into ``old`` when it fits)."""
+    out = _reusable(old, w.shape, w.dtype)
+    np.copyto(out, w)
+    return out
+
+
+def _aligned_t(w, old=None) -> np.ndarray:
+    """:func:`_aligned` of ``w.T`` (2-D ``w``), by the tiled transpose (``kernels/cpu/pack.py``)."""
+    out = _reusable(old, (w.shape[1], w.shape[0]), w.dtype)
+    transpose_into(w, out)
     return out
 
 
@@ -205,22 +223,39 @@ def _prepare(params, layer) -> _Prepared:
 
 
 def _prepare_uncached(params, layer) -> _Prepared:
+    """The layer's layouts; the previous version's arrays are refilled where they fit (a
+    training step changes the values, never the shapes)."""
     D = params.num_directions
     dt = params.dtype
+    old = params.previous(("cpu", "layer", layer))
+
+    def was(field, d):
+        return getattr(old, field)[d] if old is not None else None
     w_ih, w_hh, w_hh_t, w_hr, w_hr_t, bias = [], [], [], [], [], []
     for d in range(D):
         wi, wh, bi, bh, wr = params.layer_weights(layer, d)
         w_ih.append(wi)
         # writable (one Numba specialisation per dtype), 64-byte aligned copies (BLAS and the
         # few-rows kernel both read aligned rows faster: bench/NOTES.md, "Few rows")
-        w_hh.append(_aligned(wh))
-        w_hh_t.append(_aligned(wh.T))
-        w_hr.append(_aligned(wr) if wr is not None else np.empty((0, 0), dt))
-        w_hr_t.append(_aligned(wr.T) if wr is not None else np.empty((0, 0), dt))
-        bias.append(bi + bh if bi is not None else np.zeros(wh.shape[0], dt))
-    w_ih_cat_t = _aligned(np.concatenate(w_ih, axis=0).T)  # (I, D*4H)
+        w_hh.append(_aligned(wh, was("w_hh", d)))
+        w_hh_t.append(_aligned_t(wh, was("w_hh_t", d)))
+        w_hr.append(_aligned(wr, was("w_hr", d)) if wr is not None else np.empty((0, 0), dt))
+        w_hr_t.append(_aligned_t(wr, was("w_hr_t", d)) if wr is not None
+                      else np.empty((0, 0), dt))
+        b = _reusable(was("bias", d), (wh.shape[0],), dt)
+        if bi is not None:
+            np.add(bi, bh, out=b)
+        else:
+            b.fill(0)
+        bias.append(b)
     # per direction, for a parallel task's own phase 1; with one direction the stacked array
-    w_ih_t = [w_ih_cat_t] if D == 1 else [_aligned(w.T) for w in w_ih]
+    w_ih_t = [_aligned_t(w, was("w_ih_t", d)) for d, w in enumerate(w_ih)]
+    if D == 1:
+        w_ih_cat_t = w_ih_t[0]
+    else:  # (I, D*4H)
+        w_ih_cat_t = _reusable(old.w_ih_cat_t if old is not None else None,
+                               (w_ih[0].shape[1], D * w_ih[0].shape[0]), dt)
+        np.concatenate(w_ih_t, axis=1, out=w_ih_cat_t)
     return _Prepared(w_ih_cat_t, w_ih_t, w_ih, bias, w_hh_t, w_hh, w_hr_t, w_hr)
 
 
