@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .backends.state import LayerState, TrainingState
-from .torch import _params, _reserve_numel, _sizes
+from .torch_ops import _params, _reserve_numel, _sizes
 
 __all__ = ["cuda_forward", "cuda_backward"]
 

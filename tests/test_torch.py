@@ -297,6 +297,38 @@ def test_non_contiguous_input_and_requires_grad_input():
     assert xr.grad is not None and xr.grad.shape == x.shape
 
 
+
+def test_eager_backward_state_is_guarded_and_reusable():
+    """The eager CPU call keeps the backend's training state on the autograd node: an in-place
+    change to a weight, the input or the output before the backward is torch's error (not a
+    silently wrong gradient), and retain_graph gives the same gradients twice."""
+    ref, m = _pair(7, input_size=3, hidden_size=4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 2, 4, dtype=F64, requires_grad=True)
+    c0 = torch.randn(2, 2, 4, dtype=F64)  # no gradient wanted
+    y, (h, c) = m(x, (h0, c0))
+    loss = y.pow(2).sum() + c.sum()
+    loss.backward(retain_graph=True)
+    first = [t.grad.clone() for t in (x, h0, m.weight_hh_l1)]
+    yr, (hr, cr) = ref(x, (h0, c0))
+    want = torch.autograd.grad(yr.pow(2).sum() + cr.sum(), (x, h0, ref.weight_hh_l1))
+    for a, b in zip(first, want):
+        assert _rel(a, b) <= 1e-10
+    assert c0.grad is None
+    loss.backward()
+    for t, g in zip((x, h0, m.weight_hh_l1), first):
+        assert _rel(t.grad, 2 * g) <= 1e-12
+    for change in ("weight", "input", "output"):
+        xi = x.detach().clone().requires_grad_(True)
+        xin = xi * 1.0  # a non-leaf input that can be changed in place
+        y, _ = m(xin)
+        s = y.pow(2).sum()
+        with torch.no_grad():
+            {"weight": m.weight_hh_l0, "input": xin, "output": y}[change].add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            s.backward()
+
+
 def test_lstm_cell_matches_nn_lstm_cell():
     torch.manual_seed(7)
     for bias in (True, False):
