@@ -12,8 +12,10 @@ names and shapes, so ``load_state_dict`` works both ways unchanged, and ``forwar
 returns what torch's does (tensors or a ``PackedSequence``, unbatched input, ``hx`` optional).
 
 The work is two ``torch.library`` custom operators, so ``torch.compile(fullgraph=True)`` traces
-through them without a graph break (eager calls run the same implementation through an
-``autograd.Function``, cheaper to dispatch):
+through them without a graph break (eager calls on CPU tensors run the CPU backend through an
+``autograd.Function`` that keeps its training state on the autograd node instead of a reserve;
+eager CUDA calls run the operators' implementation through another; both live in
+``fastlstm/torch_ops.py``):
 
 ``fastlstm::lstm(x, h0, c0, lengths, masks, weights, dims, training) -> (y, h_n, c_n, reserve)``
     time-major ``x`` (T, B, I); ``weights`` in ``nn.LSTM``'s order; ``dims`` =
