@@ -186,6 +186,7 @@ class LSTMParams:
         self._version = 0
         self._derived: dict = {}
         self._stale: dict = {}
+        self._by_layer: dict = {}
 
     @classmethod
     def _shared(cls, arrays: Mapping[str, np.ndarray], **config) -> "LSTMParams":
@@ -210,6 +211,7 @@ class LSTMParams:
         self._version = 0
         self._derived = {}
         self._stale = {}
+        self._by_layer = {}
         return self
 
     def _configure(self, input_size, hidden_size, num_layers, bias, bidirectional, proj_size,
@@ -284,8 +286,14 @@ class LSTMParams:
         return shapes
 
     def layer_weights(self, layer: int, direction: int):
-        """``(w_ih, w_hh, b_ih, b_hh, w_hr)`` for one layer and direction; absent ones are None."""
-        return tuple(self._arrays.get(self.param_name(kind, layer, direction)) for kind in _KINDS)
+        """``(w_ih, w_hh, b_ih, b_hh, w_hr)`` for one layer and direction; absent ones are None.
+        Memoised: the arrays are the params' own for their whole life (updates write into them)."""
+        key = (layer, direction)
+        got = self._by_layer.get(key)
+        if got is None:
+            got = self._by_layer[key] = tuple(
+                self._arrays.get(self.param_name(kind, layer, direction)) for kind in _KINDS)
+        return got
 
     def named_grads(self, per_layer) -> dict[str, np.ndarray]:
         """Gradients under PyTorch's names, in :meth:`keys` order, from per-layer results.

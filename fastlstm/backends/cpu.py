@@ -46,7 +46,7 @@ import numba
 import numpy as np
 
 from .. import config
-from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
+from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_nt_into, matmul_tn_into,
                                     run_tasks, single_threaded_blas, split_rows)
 from ..kernels.cpu import smallgemm
 from ..kernels.cpu.pack import transpose_into
@@ -183,19 +183,6 @@ def _blocked(w, nb, old=None):
     return out
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """One layer's weights in the layouts the kernels walk contiguously (per direction)."""
-    w_ih_cat_t: np.ndarray   # (I, D*4H): the serial path's input GEMM, both directions
-    w_ih_t: list             # per direction (I, 4H)
-    w_ih: list               # per direction (4H, I), as stored
-    bias: list               # per direction (4H,): b_ih + b_hh (zeros without biases)
-    w_hh_t: list             # (H_out, 4H)
-    w_hh: list               # (4H, H_out)
-    w_hr_t: list             # (H, P), or (0, 0)
-    w_hr: list               # (P, H), or (0, 0)
-
-
 def _reusable(old, shape, dtype) -> np.ndarray:
     """``old`` when it is an array of ``shape`` and ``dtype`` (the previous version's buffer,
     refilled in place), else a new 64-byte aligned one."""
@@ -218,45 +205,78 @@ def _aligned_t(w, old=None) -> np.ndarray:
     return out
 
 
+class _Prepared:
+    """One layer's weights in the layouts the kernels walk contiguously, per direction. The
+    stored ones are the parameters' own (read-only) arrays; the others are built on first use,
+    since each path reads only some of them (transposes cost ~1.5 ns per element on this
+    project's machines: bench/NOTES.md, "fastlstm.torch"), into the previous version's arrays
+    where they fit (a training step changes values, never shapes).
+
+    Stored: ``w_ih`` (4H, I), ``w_hh`` (4H, H_out), ``w_hr`` (P, H) or (0, 0); ``bias`` (4H,)
+    ``b_ih + b_hh`` (zeros without biases). Built: ``w_ih_cat`` (D*4H, I) both directions
+    stacked (the serial path's input GEMM reads it transposed), ``w_ih_t`` (I, 4H),
+    ``w_ih_cat_t`` (I, D*4H), ``w_hh_t`` (H_out, 4H), ``w_hr_t`` (H, P) or (0, 0)."""
+
+    def __init__(self, params, layer, old):
+        D, dt = params.num_directions, params.dtype
+        ws = [params.layer_weights(layer, d) for d in range(D)]
+        self._dt = dt
+        # what the previous version built (never its own leftovers: no chain of versions)
+        self._spare = {k: v for k, v in vars(old).items() if not k.startswith("_")} \
+            if old is not None else {}
+        self.w_ih = [w[0] for w in ws]
+        self.w_hh = [w[1] for w in ws]
+        self.w_hr = [w[4] if w[4] is not None else np.empty((0, 0), dt) for w in ws]
+        old_bias = self._spare.pop("bias", [None] * D)
+        self.bias = []
+        for (_, wh, bi, bh, _), ob in zip(ws, old_bias):
+            b = _reusable(ob, (wh.shape[0],), dt)
+            if bi is not None:
+                np.add(bi, bh, out=b)
+            else:
+                b.fill(0)
+            self.bias.append(b)
+
+    def _was(self, name, d=None):
+        old = self._spare.get(name)
+        return old if d is None or old is None else old[d]
+
+    @functools.cached_property
+    def w_ih_cat(self):
+        if len(self.w_ih) == 1:
+            return _aligned(self.w_ih[0], self._was("w_ih_cat"))
+        out = _reusable(self._was("w_ih_cat"), (sum(w.shape[0] for w in self.w_ih),
+                                                 self.w_ih[0].shape[1]), self._dt)
+        np.concatenate(self.w_ih, axis=0, out=out)
+        return out
+
+    @functools.cached_property
+    def w_ih_t(self):
+        return [_aligned_t(w, self._was("w_ih_t", d)) for d, w in enumerate(self.w_ih)]
+
+    @functools.cached_property
+    def w_ih_cat_t(self):
+        if len(self.w_ih) == 1:
+            return self.w_ih_t[0]
+        w = self.w_ih_t
+        out = _reusable(self._was("w_ih_cat_t"), (w[0].shape[0], sum(a.shape[1] for a in w)),
+                        self._dt)
+        np.concatenate(w, axis=1, out=out)
+        return out
+
+    @functools.cached_property
+    def w_hh_t(self):
+        return [_aligned_t(w, self._was("w_hh_t", d)) for d, w in enumerate(self.w_hh)]
+
+    @functools.cached_property
+    def w_hr_t(self):
+        return [_aligned_t(w, self._was("w_hr_t", d)) if w.size else np.empty((0, 0), self._dt)
+                for d, w in enumerate(self.w_hr)]
+
+
 def _prepare(params, layer) -> _Prepared:
-    return params.derived(("cpu", "layer", layer), lambda: _prepare_uncached(params, layer))
-
-
-def _prepare_uncached(params, layer) -> _Prepared:
-    """The layer's layouts; the previous version's arrays are refilled where they fit (a
-    training step changes the values, never the shapes)."""
-    D = params.num_directions
-    dt = params.dtype
-    old = params.previous(("cpu", "layer", layer))
-
-    def was(field, d):
-        return getattr(old, field)[d] if old is not None else None
-    w_ih, w_hh, w_hh_t, w_hr, w_hr_t, bias = [], [], [], [], [], []
-    for d in range(D):
-        wi, wh, bi, bh, wr = params.layer_weights(layer, d)
-        w_ih.append(wi)
-        # writable (one Numba specialisation per dtype), 64-byte aligned copies (BLAS and the
-        # few-rows kernel both read aligned rows faster: bench/NOTES.md, "Few rows")
-        w_hh.append(_aligned(wh, was("w_hh", d)))
-        w_hh_t.append(_aligned_t(wh, was("w_hh_t", d)))
-        w_hr.append(_aligned(wr, was("w_hr", d)) if wr is not None else np.empty((0, 0), dt))
-        w_hr_t.append(_aligned_t(wr, was("w_hr_t", d)) if wr is not None
-                      else np.empty((0, 0), dt))
-        b = _reusable(was("bias", d), (wh.shape[0],), dt)
-        if bi is not None:
-            np.add(bi, bh, out=b)
-        else:
-            b.fill(0)
-        bias.append(b)
-    # per direction, for a parallel task's own phase 1; with one direction the stacked array
-    w_ih_t = [_aligned_t(w, was("w_ih_t", d)) for d, w in enumerate(w_ih)]
-    if D == 1:
-        w_ih_cat_t = w_ih_t[0]
-    else:  # (I, D*4H)
-        w_ih_cat_t = _reusable(old.w_ih_cat_t if old is not None else None,
-                               (w_ih[0].shape[1], D * w_ih[0].shape[0]), dt)
-        np.concatenate(w_ih_t, axis=1, out=w_ih_cat_t)
-    return _Prepared(w_ih_cat_t, w_ih_t, w_ih, bias, w_hh_t, w_hh, w_hr_t, w_hr)
+    key = ("cpu", "layer", layer)
+    return params.derived(key, lambda: _Prepared(params, layer, params.previous(key)))
 
 
 def plan_tasks(D, B, flop, cfg=None):
@@ -383,7 +403,7 @@ def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
             np.copyto(xw, L.layer_in[:, b0:b1])
             xw = xw.reshape(T * Bw, -1)
         xg = workspace("xg", (T * Bw, 4 * H), dt)
-        matmul_into(xw, prep.w_ih_t[d], xg)
+        matmul_nt_into(xw, prep.w_ih_cat[d * 4 * H:(d + 1) * 4 * H], xg)
         xg, xg_off, row0 = xg.reshape(T, Bw, 4 * H), 0, 0
     else:
         xg, xg_off, row0 = L.xg_all, d * 4 * H, b0
@@ -440,7 +460,7 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
             # spinning at once would fight over the cores (bench/NOTES.md, item 9).
             xg_all = workspace("xg", (T * B, D * 4 * H), dt)
             with pin:
-                matmul_into(layer_in.reshape(T * B, -1), prep.w_ih_cat_t, xg_all)
+                matmul_nt_into(layer_in.reshape(T * B, -1), prep.w_ih_cat, xg_all)
             xg_all = xg_all.reshape(T, B, D * 4 * H)
         y = new(f"y{layer}", (T, B, D * P))
         dirs = [(new(f"gates{layer}.{d}", (T, B, 4 * H)), new(f"cells{layer}.{d}", (T, B, H)))
