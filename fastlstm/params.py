@@ -146,6 +146,9 @@ def _subtract_scaled(p: np.ndarray, g: np.ndarray, lr: float) -> None:
 _CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn.LSTMCell's names
 
 
+_FAILED = object()  # a build that raised (LSTMParams.derived)
+
+
 class LSTMParams:
     """The weights of a (multi-layer, optionally bidirectional, optionally projected) LSTM.
 
@@ -187,6 +190,7 @@ class LSTMParams:
         self._derived: dict = {}
         self._stale: dict = {}
         self._by_layer: dict = {}
+        self._building: dict = {}
 
     @classmethod
     def _shared(cls, arrays: Mapping[str, np.ndarray], **config) -> "LSTMParams":
@@ -212,6 +216,7 @@ class LSTMParams:
         self._derived = {}
         self._stale = {}
         self._by_layer = {}
+        self._building = {}
         return self
 
     def _configure(self, input_size, hidden_size, num_layers, bias, bidirectional, proj_size,
@@ -341,19 +346,35 @@ class LSTMParams:
         :attr:`version`.
 
         Returns the value stored under ``key``; when there is none, calls ``build()``, stores its
-        result and returns it. Thread-safe: concurrent callers may each build, the first value
-        stored is the one every caller gets. Every in-place change empties the store; copies and
-        pickles never carry it.
+        result and returns it. Thread-safe: one caller builds, concurrent callers for the same
+        key and version wait for its value (parallel tasks would otherwise each build the same
+        layout, fighting over the GIL); if that build raises, a waiter builds itself. Every
+        in-place change empties the store; copies and pickles never carry it.
         """
         with self._lock:
             if key in self._derived:
                 return self._derived[key]
             version = self._version
-        value = build()
-        with self._lock:
-            if self._version != version:  # the weights changed meanwhile: hand it out, keep nothing
-                return value
-            return self._derived.setdefault(key, value)
+            pending = self._building.get((key, version))
+            if pending is None:
+                self._building[(key, version)] = mine = threading.Event()
+        if pending is not None:
+            pending.wait()
+            return self.derived(key, build) if pending.value is _FAILED else pending.value
+        try:
+            value = build()
+        except BaseException:
+            mine.value = _FAILED
+            raise
+        else:
+            mine.value = value
+        finally:
+            with self._lock:
+                del self._building[(key, version)]
+                if self._version == version and mine.value is not _FAILED:
+                    mine.value = value = self._derived.setdefault(key, value)
+            mine.set()
+        return value  # built across a change of the weights: handed out, not kept
 
     def previous(self, key: Hashable):
         """The value :meth:`derived` held under ``key`` for the version before this one (None

@@ -114,17 +114,20 @@ def test_cpu_layouts_are_refilled_in_place_across_updates(B):
                                                       p["weight_ih_l0_reverse"]]).T)
 
 
-def test_derived_is_thread_safe_and_the_first_stored_value_wins():
+def test_derived_is_built_once_while_concurrent_callers_wait():
+    import time
     p = _params()
     n = 8
     barrier = threading.Barrier(n)
-    results = [None] * n
+    results, calls = [None] * n, []
 
     def build(i):
-        barrier.wait()  # every thread builds at once
+        calls.append(i)
+        time.sleep(0.05)  # the others arrive meanwhile
         return np.full(4, i)
 
     def worker(i):
+        barrier.wait()
         results[i] = p.derived("key", lambda: build(i))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
@@ -132,8 +135,37 @@ def test_derived_is_thread_safe_and_the_first_stored_value_wins():
         t.start()
     for t in threads:
         t.join()
+    assert len(calls) == 1
     assert all(r is results[0] for r in results)
     assert p.derived("key", lambda: pytest.fail("built twice")) is results[0]
+
+
+def test_derived_build_that_raises_lets_a_waiter_build():
+    import time
+    p = _params()
+    started = threading.Event()
+    out = {}
+
+    def failing():
+        started.set()
+        time.sleep(0.05)
+        raise RuntimeError("no layout")
+
+    def first():
+        with pytest.raises(RuntimeError, match="no layout"):
+            p.derived("key", failing)
+
+    def second():
+        started.wait()
+        out["v"] = p.derived("key", lambda: "built by the waiter")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out["v"] == "built by the waiter"
+    assert p.derived("key", lambda: pytest.fail("built twice")) == "built by the waiter"
 
 
 def test_derived_value_built_across_an_update_is_not_stored():

@@ -49,7 +49,7 @@ from .. import config
 from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_nt_into, matmul_tn_into,
                                     run_tasks, single_threaded_blas, split_rows)
 from ..kernels.cpu import smallgemm
-from ..kernels.cpu.pack import transpose_into
+from ..kernels.cpu.pack import block_columns_into, transpose_into
 from ..kernels.cpu.recurrence import (BackwardOut, BackwardWeights, Blocks, ForwardOut,
                                       ForwardWeights, Saved, StepInput, recurrence_backward,
                                       recurrence_forward, stack_x_hprev)
@@ -179,7 +179,7 @@ def _blocked(w, nb, old=None):
     ``old`` when it has that shape and dtype."""
     K, N = w.shape
     out = _reusable(old, (N // nb, K, nb), w.dtype)
-    out[...] = w.reshape(K, N // nb, nb).transpose(1, 0, 2)
+    block_columns_into(w, out)
     return out
 
 

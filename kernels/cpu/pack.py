@@ -9,7 +9,7 @@ source rows of a tile stay in L1 while it is written row by row.
 """
 from .jit import jit
 
-__all__ = ["transpose_into", "TILE"]
+__all__ = ["transpose_into", "block_columns_into", "TILE"]
 
 #: Side of a tile: 32 rows of 32 float64 (8 KB) read, 32 rows written.
 TILE = 32
@@ -26,3 +26,17 @@ def transpose_into(src, dst):
             for j in range(j0, j1):
                 for i in range(i0, i1):
                     dst[j, i] = src[i, j]
+
+
+@jit(cache=True, nogil=True)
+def block_columns_into(w, out):
+    """``out[j, k, c] = w[k, j * nb + c]`` for ``w`` (K, N) and ``out`` (N / nb, K, nb): the
+    column blocks the blocked products read. NumPy's copy of the equivalent reshaped and
+    transposed view took its element-by-element path (7.5 ns per element at nb = 64)."""
+    n_blocks, K, nb = out.shape
+    for j in range(n_blocks):
+        for k in range(K):
+            src = w[k, j * nb:(j + 1) * nb]
+            dst = out[j, k]
+            for c in range(nb):
+                dst[c] = src[c]
