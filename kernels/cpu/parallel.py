@@ -30,7 +30,7 @@ import numpy as np
 from .jit import jit
 
 __all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "tasks_on", "split_rows",
-           "matmul_into", "matmul_nt_into", "matmul_tn_into", "grad_gemms", "add_split"]
+           "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
 
 _lock = threading.Lock()
 _state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
@@ -215,12 +215,6 @@ def split_rows(B: int, parts: int) -> list[tuple[int, int]]:
 def matmul_into(a, b, out):
     """``out = a @ b`` through SciPy's BLAS without the GIL (``a``, ``b``, ``out`` C-contiguous)."""
     np.dot(a, b, out)
-
-
-@jit(cache=True, nogil=True)
-def matmul_nt_into(a, b, out):
-    """``out = a @ b.T`` (BLAS reads ``b`` transposed in place: a weight as stored, (N, K))."""
-    np.dot(a, b.T, out)
 
 
 @jit(cache=True, nogil=True)
