@@ -406,7 +406,8 @@ class LSTMParams:
         -------
         LSTMParams
             ``self``. The arrays are updated where they are (an array taken from the params
-            before is the updated one), :attr:`version` grows by one and derived data is dropped.
+            before is the updated one), :attr:`version` grows by one and derived data is rebuilt
+            on next use (the CPU backend refills the previous version's layouts in place).
 
         Raises
         ------

@@ -2,6 +2,7 @@
 one-core path on odd sizes, with the partner present, absent, taken by another call, with 1,
 2 and 3 threads and under concurrent callers."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -53,13 +54,17 @@ def test_partner_takes_its_half():
     """On an idle second core the partner computes (most) halves 1 of a long sequence."""
     params, x, h0, c0 = _problem(400, 1, 16, 128, 1, np.float32, seed=3)
     shares = []
+    # calls for up to 5 s: a partner that an earlier call found busy (a loaded machine, or a
+    # first call compiling the kernels for a new dtype on a cold cache) stays backed off for
+    # up to 1 s, and calls during that time run alone by design
+    deadline = time.monotonic() + 5.0
     with fastlstm.config.options("cpu", **FORCE):
-        for _ in range(20):
+        while True:
             res = fastlstm.forward(x, params, h0, c0)
             shares.append(duo.partner(1).last_share)
-            if shares[-1] > 0.5:
+            if shares[-1] > 0.5 or (len(shares) >= 20 and time.monotonic() > deadline):
                 break
-    assert max(shares) > 0, shares  # the partner never joined in 20 calls
+    assert max(shares) > 0, shares  # the partner never joined in 5 s of calls
     _check(res, fastlstm.forward(x, params, h0, c0, device="reference"), np.float32)
 
 
