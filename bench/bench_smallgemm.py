@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlstm.backends.cpu import _blocked, _tile_width
+from fastlstm.backends.cpu_layouts import _blocked, _tile_width
 from fastlstm.kernels.cpu.recurrence import _bdot
 from fastlstm.kernels.cpu.smallgemm import aligned_empty
 

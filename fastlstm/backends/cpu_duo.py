@@ -14,7 +14,8 @@ import numba
 import numpy as np
 
 from ..kernels.cpu import duo, smallgemm
-from .cpu import _blocked, _prepare, _tile_width, num_threads, workspace
+from .cpu import num_threads, workspace
+from .cpu_layouts import _blocked, _prepare, _tile_width
 
 __all__ = ["eligible", "layer_forward", "weights"]
 
