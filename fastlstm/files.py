@@ -16,7 +16,8 @@ from .api import forward
 from .convert import _import, _keras_entries, _keras_module, from_keras, to_keras
 from .convert_onnx import _load_onnx, from_onnx, to_onnx
 from .harness import Inputs, TorchRunner
-from .params import LSTMParams, _prefixes
+from .params import LSTMParams
+from .params_io import _prefixes
 from .testing import rel_err, tolerance
 
 __all__ = ["convert_file", "ConvertReport", "FORMATS"]

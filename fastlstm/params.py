@@ -18,21 +18,19 @@ backends derived from the weights (:meth:`LSTMParams.derived`).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import threading
-import zipfile
-import zlib
 from typing import Callable, Hashable, Iterator, Mapping
 
 import numpy as np
 
+from . import params_io
+from .params_io import SUPPORTED_DTYPES
 from ._coerce import check_bool, to_numpy
 
 __all__ = ["LSTMParams", "SUPPORTED_DTYPES", "check_allocation"]
 
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
@@ -89,46 +87,6 @@ def _checked_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _prefixes(keys) -> list[str]:
-    """The prefixes under which ``keys`` hold an LSTM (``<prefix>weight_ih_l0``) or an LSTM
-    cell (``<prefix>.weight_ih``), in order of appearance."""
-    found: list[str] = []
-    for key in keys:
-        if not isinstance(key, str):
-            continue
-        if key.endswith("weight_ih_l0"):
-            prefix = key[:-len("weight_ih_l0")]
-        elif key.endswith(".weight_ih"):
-            prefix = key[:-len("weight_ih")]
-        else:
-            continue
-        if prefix and prefix not in found:
-            found.append(prefix)
-    return found
-
-
-def _check_recurrent_shape(shape: tuple[int, ...]) -> None:
-    """Refuse a ``weight_hh_l0`` that cannot be an LSTM's, naming the module it comes from.
-
-    An LSTM's is (4H, H), or (4H, P) with P < H; a GRU's (3H, H) and an RNN's (H, H) have more
-    columns than a quarter of their rows, so the three cannot be confused.
-    """
-    if len(shape) != 2:
-        raise ValueError(f"weight_hh_l0 must have shape (4*hidden_size, hidden_size), got {shape}")
-    rows, cols = shape
-    if rows > 0 and cols > 0 and rows % 4 == 0 and cols <= rows // 4:
-        return
-    lstm = ("an LSTM's weight_hh_l0 has shape (4*hidden_size, hidden_size), or "
-            "(4*hidden_size, proj_size) with a projection")
-    if cols > 0 and rows == 3 * cols:
-        raise ValueError(f"weight_hh_l0 has shape {shape}, (3*hidden_size, hidden_size): this "
-                         f"looks like a GRU state dict, not an LSTM one ({lstm})")
-    if cols > 0 and rows == cols:
-        raise ValueError(f"weight_hh_l0 has shape {shape}, (hidden_size, hidden_size): this "
-                         f"looks like an RNN state dict, not an LSTM one ({lstm})")
-    raise ValueError(f"weight_hh_l0 has shape {shape}, which is not an LSTM's: {lstm}")
-
-
 _BLOCK = 1 << 15  # elements per block of update_'s step (the scaled block stays in cache)
 
 
@@ -141,9 +99,6 @@ def _subtract_scaled(p: np.ndarray, g: np.ndarray, lr: float) -> None:
         stop = min(start + _BLOCK, pf.size)
         np.multiply(gf[start:stop], lr, out=buf[:stop - start])
         np.subtract(pf[start:stop], buf[:stop - start], out=pf[start:stop])
-
-
-_CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn.LSTMCell's names
 
 
 _FAILED = object()  # a build that raised (LSTMParams.derived)
@@ -539,47 +494,8 @@ class LSTMParams:
         ValueError
             Shapes that are not an LSTM's (a GRU's or an RNN's state dict says so).
         """
-        if not isinstance(mapping, Mapping):
-            raise TypeError(f"expected a mapping of parameter names to arrays, "
-                            f"got {type(mapping).__name__}")
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a string, got {type(prefix).__name__}")
-        sd = {k[len(prefix):]: v for k, v in mapping.items()
-              if isinstance(k, str) and k.startswith(prefix)} if prefix else dict(mapping)
-        if "weight_ih_l0" not in sd and "weight_ih" in sd:  # an LSTMCell
-            sd = {(k + "_l0" if k in _CELL_NAMES else k): v for k, v in sd.items()}
-        if "weight_ih_l0" not in sd or "weight_hh_l0" not in sd:
-            under = f" under prefix {prefix!r}" if prefix else ""
-            found = _prefixes(mapping.keys())
-            if found:
-                raise KeyError(f"no weight_ih_l0{under}, but the keys carry a prefix: pass "
-                               + " or ".join(f"prefix={p!r}" for p in found))
-            raise KeyError(f"state dict has no weight_ih_l0 / weight_hh_l0{under}: "
-                           f"not an LSTM state dict")
-        w_ih = to_numpy(sd["weight_ih_l0"], "weight_ih_l0")
-        w_hh = to_numpy(sd["weight_hh_l0"], "weight_hh_l0")
-        _check_recurrent_shape(w_hh.shape)
-        if w_ih.ndim != 2:
-            raise ValueError(
-                f"weight_ih_l0 must have shape (4*hidden_size, input_size), got {w_ih.shape}"
-            )
-        hidden = w_hh.shape[0] // 4
-        layers = 0
-        while f"weight_ih_l{layers}" in sd:
-            layers += 1
-        proj = 0
-        if "weight_hr_l0" in sd:
-            w_hr = to_numpy(sd["weight_hr_l0"], "weight_hr_l0")
-            if w_hr.ndim != 2 or w_hr.shape[1] != hidden:
-                raise ValueError(
-                    f"weight_hr_l0 must have shape (proj_size, {hidden}), got {w_hr.shape}")
-            proj = int(w_hr.shape[0])
-        if dtype is None:
-            native = w_ih.dtype.newbyteorder("=") if w_ih.dtype.kind == "f" else w_ih.dtype
-            dtype = native if native in SUPPORTED_DTYPES else np.float32
-        return cls(sd, input_size=w_ih.shape[1], hidden_size=hidden,
-                   num_layers=layers, bias="bias_ih_l0" in sd,
-                   bidirectional="weight_ih_l0_reverse" in sd, proj_size=proj, dtype=dtype)
+        sd, config = params_io.read_state_dict(mapping, dtype, prefix)
+        return cls(sd, **config)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter as NumPy arrays under PyTorch's names, in PyTorch's order."""
@@ -591,12 +507,7 @@ class LSTMParams:
     def save(self, path) -> None:
         """Write to ``path`` exactly as given (``.npz`` format: arrays plus the configuration, no
         pickles), or to a writable binary file object; :meth:`load` reads it back."""
-        arrays = dict(__config__=np.array(json.dumps(self.config())), **self._arrays)
-        if isinstance(path, (str, os.PathLike)):
-            with open(path, "wb") as f:  # np.savez(path) would append ".npz" to the name
-                np.savez(f, **arrays)
-        else:
-            np.savez(path, **arrays)
+        params_io.save_npz(self._arrays, self.config(), path)
 
     @classmethod
     def load(cls, path) -> "LSTMParams":
@@ -611,36 +522,7 @@ class LSTMParams:
             archive, arrays missing or damaged, configuration unreadable); the message names
             the file and what is wrong.
         """
-        if isinstance(path, (str, os.PathLike)):
-            name = os.fspath(path)
-        else:
-            name = getattr(path, "name", repr(path))
-        unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
-        try:
-            f = np.load(path, allow_pickle=False)
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
-        except unreadable as exc:
-            raise ValueError(f"{name} is not a file written by LSTMParams.save: it is truncated "
-                             f"or not an .npz archive ({exc})") from exc
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError(f"{name} is not a file written by LSTMParams.save: it holds a single "
-                             f"array, not an .npz archive")
-        with f:
-            if "__config__" not in f.files:
-                raise ValueError(f"{name} is not a file written by LSTMParams.save: it has no "
-                                 f"configuration entry")
-            try:
-                text = str(f["__config__"])
-                arrays = {k: f[k] for k in f.files if k != "__config__"}
-            except unreadable as exc:
-                raise ValueError(f"{name} is damaged: an entry cannot be read ({exc})") from exc
-        try:
-            cfg = json.loads(text)
-            if not isinstance(cfg, dict):
-                raise ValueError(f"a JSON object was expected, got {type(cfg).__name__}")
-        except ValueError as exc:
-            raise ValueError(f"{name}: the stored configuration is unreadable ({exc})") from exc
+        name, arrays, cfg = params_io.load_npz(path)
         try:
             return cls(arrays, **cfg)
         except (KeyError, TypeError, ValueError) as exc:

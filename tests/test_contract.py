@@ -46,7 +46,8 @@ def test_kernels_import_nothing_from_the_package():
 # the floors, bottom up; a module may import its own floor and the ones below
 _FLOORS = [
     {"fastlstm.kernels"},
-    {"fastlstm._coerce", "fastlstm._omp", "fastlstm.config", "fastlstm.params", "fastlstm.convert", "fastlstm.convert_onnx",
+    {"fastlstm._coerce", "fastlstm._omp", "fastlstm.config", "fastlstm.params",
+     "fastlstm.params_io", "fastlstm.convert", "fastlstm.convert_onnx",
      "fastlstm.testing",
      "fastlstm.backends.state", "fastlstm.backends.compile_notice"},
     {"fastlstm.reference", "fastlstm.backends.cpu", "fastlstm.backends.cuda", "fastlstm.layout",
