@@ -53,7 +53,8 @@ _FLOORS = [
     {"fastlstm.reference", "fastlstm.backends.cpu", "fastlstm.backends.cuda", "fastlstm.layout",
      "fastlstm.dispatch", "fastlstm.backends"},
     {"fastlstm.api", "fastlstm.stepper", "fastlstm.head", "fastlstm.rnn", "fastlstm.train"},
-    {"fastlstm", "fastlstm.harness", "fastlstm.torch", "fastlstm.torch_ops", "fastlstm.torch_cuda", "fastlstm.dask", "fastlstm.files"},
+    {"fastlstm", "fastlstm.harness", "fastlstm.harness_peers", "fastlstm.torch",
+     "fastlstm.torch_ops", "fastlstm.torch_cuda", "fastlstm.dask", "fastlstm.files"},
     {"fastlstm.cli", "fastlstm.__main__"},
 ]
 
