@@ -91,9 +91,11 @@ def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
         return None
     rows = T * B
     cfg = config.current("cpu")
-    if rows == 0 or rows > cfg.stepper_kernel_max_rows:
+    if rows == 0:
         return None
     L, H, P = params.num_layers, params.hidden_size, params.output_size
+    if rows > cfg.stepper_kernel_max_rows:
+        return _thin_serial(x, params, h0, c0, batch_first, T, B, cfg)
     flop = 8.0 * rows * H * (params.input_size + P)
     if flop >= cfg.parallel_min_flop and dispatch.backend("cpu").plan_tasks(1, B, flop, cfg):
         return None  # the general path would run this layer on both cores
@@ -117,6 +119,33 @@ def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
     if batch_first:
         y = y.reshape(B, T, P)
     return ForwardResult(y, h, c, None, ("step",) * L)
+
+
+def _thin_serial(x, params, h0, c0, batch_first, T, B, cfg) -> ForwardResult | None:
+    """A longer call whose layers all run serially: the CPU backend's plan for its shape
+    (``backends/cpu_serial.py``), with only the checks :func:`thin_forward` made; None when
+    the call does not qualify."""
+    L, H, P = params.num_layers, params.hidden_size, params.output_size
+    plan = dispatch.backend("cpu").serial_plan(params, T, B, False, cfg)
+    if plan is None:
+        return None
+    dt = params.dtype
+    if h0 is None:
+        if c0 is not None:
+            return None  # the general path says why
+        h0, c0 = plan.zeros
+    elif (type(h0) is not np.ndarray or h0.dtype != dt or h0.shape != (L, B, P)
+          or not h0.flags.c_contiguous):
+        return None
+    elif c0 is None:
+        c0 = plan.zeros[1]
+    elif (type(c0) is not np.ndarray or c0.dtype != dt or c0.shape != (L, B, H)
+          or not c0.flags.c_contiguous):
+        return None
+    y, h, c, _ = plan.forward(x.reshape(T, B, x.shape[2]), h0, c0, None)
+    if batch_first:
+        y = y.reshape(B, T, P)
+    return ForwardResult(y, h, c, None, ("serial",) * L)
 
 
 def _new_thin_stepper(params, B) -> Stepper:

@@ -55,6 +55,10 @@ class CPUConfig:
     serial_blas_min_flop: float = 200e6
     #: Fewest batch rows per parallel task.
     parallel_min_rows: int = 4
+    #: Calls whose every layer runs serially take a plan made once per shape
+    #: (``fastlstm/backends/cpu_serial.py``): the same kernels and arguments, decided once.
+    #: False: every call decides again (the results are bitwise the same).
+    serial_plans: bool = True
     #: A parallel task runs its input projection per step inside the recurrence (item 14).
     fuse_input: bool = True
     #: One layer, one direction, parallel path: the forward's kernels write the backward's

@@ -56,7 +56,7 @@ from .cpu_layouts import _Prepared, _prepare, block_shape, col_blocks
 from .state import LayerState, TrainingState
 
 __all__ = ["lstm_forward", "lstm_backward", "col_blocks", "block_shape", "workspace",
-           "release_workspace", "plan_tasks", "fuse_dx", "num_threads"]
+           "release_workspace", "plan_tasks", "fuse_dx", "num_threads", "serial_plan"]
 
 announce_compiles()
 
@@ -261,8 +261,13 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
     (T, B, D*H_out) the output of layer l, and in training ``"gates{l}.{d}"`` (T, B, 4H) and
     ``"cells{l}.{d}"`` (T, B, H)."""
     cfg = config.current("cpu")
-    new = alloc or (lambda name, shape: smallgemm.aligned_empty(shape, params.dtype))
     T, B, _ = x.shape
+    if alloc is None and B > 0:
+        plan = cpu_serial.serial_plan(params, T, B, training, cfg)
+        if plan is not None:  # every layer serial: the same kernels, decided once per shape
+            y, h_n, c_n, state = plan.forward(x, h0, c0, lengths, masks, training)
+            return y, h_n, c_n, state, ("serial",) * params.num_layers
+    new = alloc or (lambda name, shape: smallgemm.aligned_empty(shape, params.dtype))
     L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
     dt = params.dtype
     h_n = np.empty((L * D, B, P), dt)
@@ -420,6 +425,10 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
     L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
     dt = params.dtype
     T, B = dy.shape[0], dy.shape[1]
+    if B > 0 and not any(sv.xh for sv in state.layers):
+        plan = cpu_serial.serial_plan(params, T, B, True, cfg)
+        if plan is not None:
+            return plan.backward(state, dy, dh_n, dc_n)
     dh0 = np.empty_like(dh_n)
     dc0 = np.empty_like(dc_n)
     per_layer = [None] * L
@@ -464,4 +473,7 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
     return dy_layer, dh0, dc0, params.named_grads(per_layer)
 
 
-from . import cpu_duo  # noqa: E402  (the two-core path; it uses the helpers above)
+# the two-core path and the serial plans use the helpers above
+from . import cpu_duo, cpu_serial  # noqa: E402
+
+serial_plan = cpu_serial.serial_plan
