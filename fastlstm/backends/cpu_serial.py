@@ -1,15 +1,20 @@
-"""The CPU backend's serial path with a plan per call shape: what a repeated call reads,
+"""The CPU backend's serial path with a plan per batch size: what a repeated call reads,
 looked up once.
 
 A call whose every layer runs serially (one thread per layer: ``plan_tasks`` gives no tasks,
 and inference layers would not take the two-core path) does, per layer and direction, one
 input GEMM, one recurrence and, in backward, one set of gradient GEMMs. The general code
 (``fastlstm/backends/cpu.py``) decides each of those per call: the tasks, the BLAS pinning,
-the weight layouts' lookups, the kernels' argument tuples. That is ~30 us of Python per
-forward at (100, 1, 32, 64), a sixth of the call (bench/NOTES.md, "A plan per call shape").
-:class:`SerialPlan` makes those decisions once per params version, shape and configuration
-(memoised on the params, ``LSTMParams.derived``) and runs the same kernels with the same
-arguments, so its results are bitwise those of the general path.
+the weight layouts' lookups, the kernels' argument tuples; ~30 us of Python per forward at
+(100, 1, 32, 64), a sixth of the call (bench/NOTES.md, "A plan per batch size").
+
+:class:`SerialPlan` makes those decisions once per params version, batch size, mode and
+configuration (memoised on the params, ``LSTMParams.derived``; what depends on the number of
+steps is memoised per step count inside it) and runs the same kernels with the same
+arguments, so its results are bitwise those of the general path. On a new version (an
+optimizer step on shared torch tensors, ``update_``) the previous version's plan is refilled
+in place: its weight layouts are recomputed by compiled copies, with none of the lookups that
+built them.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import functools
 
 import numpy as np
 
+from ..kernels.cpu.pack import block_columns_into, transpose_into
 from ..kernels.cpu.parallel import grad_gemms, matmul_into, matmul_tn_into, single_threaded_blas
 from ..kernels.cpu.recurrence import recurrence_backward, recurrence_forward, stack_x_hprev
 from ..kernels.cpu.smallgemm import aligned_empty
@@ -26,84 +32,151 @@ from .state import LayerState, TrainingState
 
 __all__ = ["SerialPlan", "serial_plan"]
 
+_STEP_COUNTS_KEPT = 256  # per plan: what the number of steps decides, for this many of them
+
 
 def serial_plan(params, T: int, B: int, training: bool, cfg) -> "SerialPlan | None":
-    """The plan of a call of ``T`` steps and ``B`` sequences (``B > 0``) with ``cfg``, or None
+    """The plan for a call of ``T`` steps and ``B`` sequences (``B > 0``) with ``cfg``, or None
     when some layer would run on more than one thread (then the general path runs it)."""
     if not cfg.serial_plans:
         return None
-    key = ("cpu", "serial", T, B, training, cfg)
-    plan = params.derived(key, lambda: _build(params, T, B, training, cfg))
-    return plan or None
+    key = ("cpu", "serial", B, training, cfg)
+    plan = params.derived(key, lambda: _build(params, B, training, cfg, params.previous(key)))
+    pins = plan.per_steps.get(T)
+    if pins is None:
+        pins = plan.decide(T)
+    if pins is False:
+        return None
+    if plan.layers is None:
+        plan.build_layouts()
+    return plan
 
 
-def _build(params, T, B, training, cfg):
-    L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, params.output_size
-    pins = []
-    for layer in range(L):
-        I = params.input_size if layer == 0 else D * P
-        flop = cpu._layer_flop(T, B, I, H, P, D, params.proj_size)
-        if cpu.plan_tasks(D, B, flop, cfg) is not None:
-            return False
-        full = np.full(B, T, np.int64)  # the two-core path takes equal lengths only
-        if cpu_duo.eligible(params, T, B, I, full, training, cfg):
-            return False
-        pins.append(cpu._pin_serial(flop, cfg))
-    return SerialPlan(params, T, B, cfg, pins)
+def _build(params, B, training, cfg, old):
+    """The previous version's plan refilled in place, or a new one (its layouts built on its
+    first serial call: a batch size whose calls all run in parallel never builds them)."""
+    if isinstance(old, SerialPlan) and old.params is params:
+        old.refresh()
+        return old
+    return SerialPlan(params, B, training, cfg)
+
+
+def _bias_into(b_ih, b_hh, out):
+    if b_ih is None:
+        out.fill(0)
+    else:
+        np.add(b_ih, b_hh, out=out)
+
+
+def _concat_into(parts, out):
+    np.concatenate(parts, axis=1, out=out)
 
 
 class _Layer:
     """One layer's weights and the kernels' fixed arguments, per direction."""
-    __slots__ = ("w_ih_cat_t", "w_ih", "forward_w", "forward_blocks", "pin")
+    __slots__ = ("I", "w_ih_cat_t", "w_ih", "forward_w", "forward_blocks", "backward_w")
 
 
 class SerialPlan:
-    """The serial path for calls of one shape; read-only once built (threads may share it:
-    scratch comes from each thread's ``workspace``)."""
+    """The serial path for calls of one batch size; shared by threads once built (scratch
+    comes from each thread's ``workspace``)."""
 
-    def __init__(self, params, T, B, cfg, pins):
-        self.params, self.T, self.B, self.cfg = params, T, B, cfg
-        dt = params.dtype
-        self._e3 = np.empty((0, 0, 0), dt)
-        # shared by calls, read by the kernels only (writable: the kernels are compiled for
-        # writable arrays); zeros for the states a call does not give
-        self.full = np.full(B, T, np.int64)
-        L, D = params.num_layers, params.num_directions
-        self.zeros = (np.zeros((L * D, B, params.output_size), dt),
-                      np.zeros((L * D, B, params.hidden_size), dt))
-        self.layers = []
-        for layer, pin in enumerate(pins):
+    def __init__(self, params, B, training, cfg):
+        self.params, self.B, self.training, self.cfg = params, B, training, cfg
+        self._e3 = np.empty((0, 0, 0), params.dtype)
+        #: per step count: False (not serial) or each layer's BLAS pinning
+        self.per_steps = {}
+        #: (function, arguments): the copies that recompute the layouts from the parameters
+        self._refills = []
+        self.layers = None
+
+    @functools.cached_property
+    def zeros(self):
+        """Zero states for the calls that give none (read by the kernels only, shared by
+        calls; writable: the kernels are compiled for writable arrays)."""
+        p, B = self.params, self.B
+        LD, dt = p.num_layers * p.num_directions, p.dtype
+        return np.zeros((LD, B, p.output_size), dt), np.zeros((LD, B, p.hidden_size), dt)
+
+    def build_layouts(self):
+        """Each layer's weight layouts and the kernels' fixed arguments."""
+        params = self.params
+        L, D, P = params.num_layers, params.num_directions, params.output_size
+        layers = []
+        for layer in range(L):
             prep = _prepare(params, layer)
             lay = _Layer()
-            lay.w_ih_cat_t, lay.w_ih, lay.pin = prep.w_ih_cat_t, prep.w_ih, pin
+            lay.I = params.input_size if layer == 0 else D * P
+            lay.w_ih_cat_t, lay.w_ih, lay.backward_w = prep.w_ih_cat_t, prep.w_ih, None
             lay.forward_w, lay.forward_blocks = [], []
-            for d in range(params.num_directions):
-                w_hh_tb, mb_hh = col_blocks(params, ("w_hh_t", layer, d), prep.w_hh_t[d], B,
-                                            True, cfg)
-                w_hr_tb, mb_hr = col_blocks(params, ("w_hr_t", layer, d), prep.w_hr_t[d], B,
-                                            True, cfg)
+            for d in range(D):
+                w_ih, w_hh, b_ih, b_hh, _ = params.layer_weights(layer, d)
+                self._refills += [(_bias_into, (b_ih, b_hh, prep.bias[d])),
+                                  (transpose_into, (w_ih, prep.w_ih_t[d])),
+                                  (transpose_into, (w_hh, prep.w_hh_t[d]))]
+                if prep.w_hr[d].size:
+                    self._refills.append((transpose_into, (prep.w_hr[d], prep.w_hr_t[d])))
+                w_hh_tb, mb_hh = self._blocks(("w_hh_t", layer, d), prep.w_hh_t[d])
+                w_hr_tb, mb_hr = self._blocks(("w_hr_t", layer, d), prep.w_hr_t[d])
                 lay.forward_w.append((prep.bias[d], w_hh_tb, w_hr_tb))
                 lay.forward_blocks.append((mb_hh, mb_hr, 1))
-            self.layers.append(lay)
+            if D > 1:
+                self._refills.append((_concat_into, (prep.w_ih_t, prep.w_ih_cat_t)))
+            layers.append(lay)
+        self.layers = layers
 
-    def _pinned(self, lay):
-        return single_threaded_blas() if lay.pin else cpu._NO_PIN
+    def _blocks(self, key, w):
+        """``col_blocks`` for this plan's products, and the copy that refills them (none for
+        a view of ``w``)."""
+        blocks, mb = col_blocks(self.params, key, w, self.B, True, self.cfg)
+        if blocks.size and not np.may_share_memory(blocks, w):
+            self._refills.append((block_columns_into, (w, blocks)))
+        return blocks, mb
+
+    def decide(self, T):
+        """What the number of steps decides: False when some layer would not run serially
+        (the general path's rules), else each layer's BLAS pinning."""
+        params, cfg, B = self.params, self.cfg, self.B
+        L, D = params.num_layers, params.num_directions
+        H, P = params.hidden_size, params.output_size
+        full = np.full(B, T, np.int64)  # the two-core path takes equal lengths only
+        pins = []
+        for layer in range(L):
+            I = params.input_size if layer == 0 else D * P
+            flop = cpu._layer_flop(T, B, I, H, P, D, params.proj_size)
+            if (cpu.plan_tasks(D, B, flop, cfg) is not None
+                    or cpu_duo.eligible(params, T, B, I, full, self.training, cfg)):
+                pins = False
+                break
+            pins.append(single_threaded_blas if cpu._pin_serial(flop, cfg) else None)
+        if len(self.per_steps) >= _STEP_COUNTS_KEPT:
+            self.per_steps.clear()
+        self.per_steps[T] = pins
+        return pins
+
+    def refresh(self):
+        """Recompute the layouts in place from the parameters' current values."""
+        for fn, args in self._refills:
+            fn(*args)
 
     def forward(self, x, h0, c0, lengths, masks=None, training=False):
-        """``lstm_forward``'s results for this shape (``x`` (T, B, I) C-contiguous, the
-        params' dtype; ``lengths`` None for all T)."""
-        params, T, B = self.params, self.T, self.B
+        """``lstm_forward``'s results (``x`` (T, B, I) C-contiguous, the params' dtype;
+        ``lengths`` None for all T)."""
+        params, B = self.params, self.B
+        T = x.shape[0]
+        pins = self.per_steps.get(T) or self.decide(T)
         L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, \
             params.output_size
         dt, e3, G = params.dtype, self._e3, 4 * params.hidden_size
-        lengths = self.full if lengths is None else lengths
+        if lengths is None:
+            lengths = np.full(B, T, np.int64)
         h_n = np.empty((L * D, B, P), dt)
         c_n = np.empty((L * D, B, H), dt)
         layer_in, saved = x, []
         for layer, lay in enumerate(self.layers):
             y = aligned_empty((T, B, D * P), dt)
             gates, cells = [], []
-            with self._pinned(lay):
+            with pins[layer]() if pins[layer] else cpu._NO_PIN:
                 xg = cpu.workspace("xg", (T * B, D * G), dt)
                 matmul_into(layer_in.reshape(T * B, -1), lay.w_ih_cat_t, xg)
                 xg = xg.reshape(T, B, D * G)
@@ -125,41 +198,41 @@ class SerialPlan:
                                   tuple(masks) if masks is not None else (), ("serial",) * L)
         return layer_in, h_n, c_n, state
 
-    @functools.cached_property
-    def _backward_w(self):
-        params, B, cfg = self.params, self.B, self.cfg
-        out = []
-        for layer in range(params.num_layers):
-            prep = _prepare(params, layer)
+    def _backward_weights(self, layer):
+        lay = self.layers[layer]
+        if lay.backward_w is None:
+            prep = _prepare(self.params, layer)
             per_d = []
-            for d in range(params.num_directions):
-                w_hh_b, mb_hh = col_blocks(params, ("w_hh", layer, d), prep.w_hh[d], B, True, cfg)
-                w_hr_b, mb_hr = col_blocks(params, ("w_hr", layer, d), prep.w_hr[d], B, True, cfg)
+            for d in range(self.params.num_directions):
+                w_hh_b, mb_hh = self._blocks(("w_hh", layer, d), prep.w_hh[d])
+                w_hr_b, mb_hr = self._blocks(("w_hr", layer, d), prep.w_hr[d])
                 per_d.append(((w_hh_b, w_hr_b, self._e3), (mb_hh, mb_hr, 1)))
-            out.append(per_d)
-        return out
+            lay.backward_w = per_d
+        return lay.backward_w
 
     def backward(self, state, dy, dh_n, dc_n):
-        """``lstm_backward``'s results for a state this plan's shape left (every layer
-        serial, no kernel-written rows)."""
-        params, T, B = self.params, self.T, self.B
+        """``lstm_backward``'s results for a state of this batch size (every layer serial, no
+        kernel-written rows)."""
+        params, B = self.params, self.B
+        T = dy.shape[0]
+        pins = self.per_steps.get(T) or self.decide(T)
         L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, \
             params.output_size
         dt, e3, G, rows = params.dtype, self._e3, 4 * H, T * B
-        e2 = np.empty((0, 0), dt)
         proj = params.proj_size > 0
         dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
         per_layer = [None] * L
         dy_layer = np.ascontiguousarray(dy)
         for layer in reversed(range(L)):
             sv, lay = state.layers[layer], self.layers[layer]
+            weights = self._backward_weights(layer)
             I_l = sv.x.shape[2]
             dxs = [np.empty((T, B, I_l), dt) for _ in range(D)]
             dirs = []
-            with self._pinned(lay):
+            with pins[layer]() if pins[layer] else cpu._NO_PIN:
                 for d in range(D):
                     k = layer * D + d
-                    w, blocks = self._backward_w[layer][d]
+                    w, blocks = weights[d]
                     gates, cells = sv.gates[d], sv.cells[d]
                     dg = cpu.workspace("dgates", (T, B, G), dt)
                     dhp = cpu.workspace("dhp", (T, B, P), dt) if proj else e3
