@@ -1,21 +1,27 @@
 """The serial path's plans (fastlstm/backends/cpu_serial.py): calls whose every layer runs
 serially take a plan made once per params version, shape and configuration. Its results are
 bitwise the general path's (``CPUConfig.serial_plans=False``), and both match the reference."""
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
 
 import fastlstm
 from fastlstm import config
+from fastlstm.backends import cpu_serial
 
 from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
 
 
 def _plan_keys(params):
     """The keys of the plans that ran a call (their layouts built)."""
-    return [k for k, v in params._derived.items()
-            if isinstance(k, tuple) and k[:2] == ("cpu", "serial") and v.layers is not None]
+    return [k for k, v in cpu_serial.plans_of(params).items() if v.layers is not None]
+
+
+def _plans(params):
+    return {k: cpu_serial.plans_of(params)[k] for k in _plan_keys(params)}
 
 
 def _all_results(p, **kw):
@@ -39,10 +45,11 @@ def test_plans_give_the_general_paths_results_bitwise(cfg, dtype):
     fwd, bwd, inf, with_plans = _all_results(p, dropout=0.25 if cfg.L > 1 else 0.0, seed=5)
     assert _plan_keys(p.params), "the plan was not used"
     assert fwd.paths == ("serial",) * cfg.L and inf.paths == ("serial",) * cfg.L
+    plans = _plans(p.params)
     with config.options("cpu", serial_plans=False):
         p.params._changed_outside()  # a new version: nothing derived carries over
         *_, general = _all_results(p, dropout=0.25 if cfg.L > 1 else 0.0, seed=5)
-        assert not _plan_keys(p.params)
+    assert _plans(p.params) == plans  # no plan made or touched with plans off
     for a, b in zip(with_plans, general):
         np.testing.assert_array_equal(a, b)
     assert_unchanged(before, p.x, p.h0, p.c0, p.dy, p.dh, p.dc,
@@ -81,26 +88,29 @@ def test_thin_inference_of_longer_calls():
 
 @pytest.mark.parametrize("B", [1, 3], ids=["few-rows", "blas"])
 def test_a_new_version_refills_the_plan_in_place(B):
-    """After an in-place update the same plan runs (its layouts recomputed where they are),
-    and gives the general path's results for the new weights, bitwise; after two updates
-    with no call between, a new plan."""
+    """After in-place updates (one, or two with no call between) the same plans run, their
+    layouts recomputed where they are, and give the general path's results for the new
+    weights, bitwise."""
     p = make_problem(Config(T=40, B=B, I=4, H=5, L=2, bidirectional=True, proj=3), np.float64,
                      seed=2)
     _all_results(p)
-    plans = {k: p.params._derived[k] for k in _plan_keys(p.params)}
+    plans = _plans(p.params)
     assert len(plans) == 2  # training and inference
+    arrays = {k: [a for _, args in v._refills for a in args if isinstance(a, np.ndarray)]
+              for k, v in plans.items()}
     rng = np.random.default_rng(0)
     for step in range(3):
         grads = {k: rng.standard_normal(v.shape) for k, v in p.params.state_dict().items()}
         p.params.update_(grads, 0.05)
         if step == 1:
-            p.params.update_(grads, 0.05)  # two versions on: nothing to refill
+            p.params.update_(grads, 0.05)  # two versions on
         fwd, bwd, inf, got = _all_results(p)
-        now = {k: p.params._derived[k] for k in _plan_keys(p.params)}
-        assert list(now) == list(plans)
-        same = all(now[k] is plans[k] for k in now)
-        assert same == (step != 1)
-        plans = now
+        now = _plans(p.params)
+        assert now == plans and all(now[k] is plans[k] for k in now)
+        assert all(v.version == p.params.version for v in now.values())
+        for k, v in now.items():
+            again = [a for _, args in v._refills for a in args if isinstance(a, np.ndarray)]
+            assert all(a is b for a, b in zip(again, arrays[k]))
         with config.options("cpu", serial_plans=False):
             *_, want = _all_results(p)
         for a, b in zip(got, want):
@@ -152,3 +162,13 @@ def test_threads_share_a_plan():
         t.join()
     assert not errors, errors[0]
     assert len(_plan_keys(p.params)) == 1
+
+
+def test_plans_go_with_their_params():
+    p = make_problem(Config(T=40, B=2, I=3, H=4), np.float32, seed=8)
+    run(p, "cpu")
+    assert _plan_keys(p.params)
+    gone = weakref.ref(p.params)
+    del p
+    gc.collect()
+    assert gone() is None

@@ -473,7 +473,10 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
     return dy_layer, dh0, dc0, params.named_grads(per_layer)
 
 
+def serial_plan(params, T, B, training, cfg):
+    """The serial path's plan for this call shape, or None (``cpu_serial.serial_plan``)."""
+    return cpu_serial.serial_plan(params, T, B, training, cfg)
+
+
 # the two-core path and the serial plans use the helpers above
 from . import cpu_duo, cpu_serial  # noqa: E402
-
-serial_plan = cpu_serial.serial_plan

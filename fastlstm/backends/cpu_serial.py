@@ -8,17 +8,18 @@ input GEMM, one recurrence and, in backward, one set of gradient GEMMs. The gene
 the weight layouts' lookups, the kernels' argument tuples; ~30 us of Python per forward at
 (100, 1, 32, 64), a sixth of the call (bench/NOTES.md, "A plan per batch size").
 
-:class:`SerialPlan` makes those decisions once per params version, batch size, mode and
-configuration (memoised on the params, ``LSTMParams.derived``; what depends on the number of
-steps is memoised per step count inside it) and runs the same kernels with the same
-arguments, so its results are bitwise those of the general path. On a new version (an
-optimizer step on shared torch tensors, ``update_``) the previous version's plan is refilled
-in place: its weight layouts are recomputed by compiled copies, with none of the lookups that
-built them.
+:class:`SerialPlan` makes those decisions once per params, batch size, mode and configuration
+(kept as long as the params, across versions; what depends on the number of steps is memoised
+per step count inside it) and runs the same kernels with the same arguments, so its results
+are bitwise those of the general path. When the params' version has moved (an optimizer step
+on shared torch tensors, ``update_``), the plan's weight layouts are recomputed in place by the
+compiled copies that built them, with none of the lookups.
 """
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 
 import numpy as np
 
@@ -30,35 +31,47 @@ from . import cpu, cpu_duo
 from .cpu_layouts import _prepare, col_blocks
 from .state import LayerState, TrainingState
 
-__all__ = ["SerialPlan", "serial_plan"]
+__all__ = ["SerialPlan", "serial_plan", "plans_of"]
 
 _STEP_COUNTS_KEPT = 256  # per plan: what the number of steps decides, for this many of them
 
 
+_plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # params -> {key: plan}
+_plans_lock = threading.Lock()
+_PLANS_KEPT = 32  # per params: (batch size, mode, configuration) combinations
+
+
+def plans_of(params) -> dict:
+    """The plans kept for ``params``: {(batch size, training, CPUConfig): SerialPlan}."""
+    return _plans.get(params, {})
+
+
 def serial_plan(params, T: int, B: int, training: bool, cfg) -> "SerialPlan | None":
     """The plan for a call of ``T`` steps and ``B`` sequences (``B > 0``) with ``cfg``, or None
-    when some layer would run on more than one thread (then the general path runs it)."""
+    when some layer would run on more than one thread (then the general path runs it).
+
+    Plans live as long as their params, across versions: what decides the path depends on
+    shapes only, and the layouts are refilled in place when the version has moved."""
     if not cfg.serial_plans:
         return None
-    key = ("cpu", "serial", B, training, cfg)
-    plan = params.derived(key, lambda: _build(params, B, training, cfg, params.previous(key)))
+    mine = _plans.get(params)
+    if mine is None:
+        with _plans_lock:
+            mine = _plans.setdefault(params, {})
+    key = (B, training, cfg)
+    plan = mine.get(key)
+    if plan is None:
+        if len(mine) >= _PLANS_KEPT:
+            mine.clear()
+        plan = mine.setdefault(key, SerialPlan(params, B, training, cfg))
     pins = plan.per_steps.get(T)
     if pins is None:
         pins = plan.decide(T)
     if pins is False:
         return None
-    if plan.layers is None:
-        plan.build_layouts()
+    if plan.version != params.version:
+        plan.sync()
     return plan
-
-
-def _build(params, B, training, cfg, old):
-    """The previous version's plan refilled in place, or a new one (its layouts built on its
-    first serial call: a batch size whose calls all run in parallel never builds them)."""
-    if isinstance(old, SerialPlan) and old.params is params:
-        old.refresh()
-        return old
-    return SerialPlan(params, B, training, cfg)
 
 
 def _bias_into(b_ih, b_hh, out):
@@ -82,8 +95,13 @@ class SerialPlan:
     comes from each thread's ``workspace``)."""
 
     def __init__(self, params, B, training, cfg):
-        self.params, self.B, self.training, self.cfg = params, B, training, cfg
+        # weakly: the plans' registry is keyed by the params and must not keep them alive
+        self._params = weakref.ref(params)
+        self.B, self.training, self.cfg = B, training, cfg
         self._e3 = np.empty((0, 0, 0), params.dtype)
+        #: the params version the layouts hold (-1: not built)
+        self.version = -1
+        self._lock = threading.Lock()
         #: per step count: False (not serial) or each layer's BLAS pinning
         self.per_steps = {}
         #: (function, arguments): the copies that recompute the layouts from the parameters
@@ -154,10 +172,24 @@ class SerialPlan:
         self.per_steps[T] = pins
         return pins
 
-    def refresh(self):
-        """Recompute the layouts in place from the parameters' current values."""
-        for fn, args in self._refills:
-            fn(*args)
+    @property
+    def params(self):
+        return self._params()
+
+    def sync(self):
+        """Bring the layouts to the params' current version: built on the first serial call
+        (a batch size whose calls all run in parallel never builds them), afterwards
+        recomputed in place from the parameters by the compiled copies that built them."""
+        with self._lock:
+            version = self.params.version
+            if self.version == version:
+                return  # another thread did it
+            if self.layers is None:
+                self.build_layouts()
+            else:
+                for fn, args in self._refills:
+                    fn(*args)
+            self.version = version
 
     def forward(self, x, h0, c0, lengths, masks=None, training=False):
         """``lstm_forward``'s results (``x`` (T, B, I) C-contiguous, the params' dtype;
