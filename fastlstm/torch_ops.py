@@ -4,6 +4,7 @@
 with the kernels. The operators' contract is in :mod:`fastlstm.torch`'s docstring."""
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from collections import OrderedDict
@@ -376,6 +377,8 @@ def _eager_inference(x) -> bool:
 
 
 _module_params: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_data_ptr = torch.Tensor.data_ptr
+_version_of = operator.attrgetter("_version")
 
 
 def _params_of(module, weights, dims) -> LSTMParams:
@@ -384,8 +387,8 @@ def _params_of(module, weights, dims) -> LSTMParams:
     optimizer step writes the tensors in place) and the params are views of the tensors, the
     same params take a new version: their layouts are refilled in place, nothing is rebuilt
     (``LSTMParams._changed_outside``)."""
-    ptrs = tuple(dims) + tuple(w.data_ptr() for w in weights)
-    versions = tuple(w._version for w in weights)
+    ptrs = (*dims, *map(_data_ptr, weights))  # map over C methods: no generator frames
+    versions = tuple(map(_version_of, weights))
     memo = _module_params.get(module)
     if memo is not None and memo[0] == ptrs:
         if memo[1] == versions:
