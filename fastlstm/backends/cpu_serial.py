@@ -231,15 +231,19 @@ class SerialPlan:
         return layer_in, h_n, c_n, state
 
     def _backward_weights(self, layer):
+        """The backward's weight blocks of one layer, built on the first backward (and from
+        then on refilled with the others)."""
         lay = self.layers[layer]
         if lay.backward_w is None:
-            prep = _prepare(self.params, layer)
-            per_d = []
-            for d in range(self.params.num_directions):
-                w_hh_b, mb_hh = self._blocks(("w_hh", layer, d), prep.w_hh[d])
-                w_hr_b, mb_hr = self._blocks(("w_hr", layer, d), prep.w_hr[d])
-                per_d.append(((w_hh_b, w_hr_b, self._e3), (mb_hh, mb_hr, 1)))
-            lay.backward_w = per_d
+            with self._lock:
+                if lay.backward_w is None:
+                    prep = _prepare(self.params, layer)
+                    per_d = []
+                    for d in range(self.params.num_directions):
+                        w_hh_b, mb_hh = self._blocks(("w_hh", layer, d), prep.w_hh[d])
+                        w_hr_b, mb_hr = self._blocks(("w_hr", layer, d), prep.w_hr[d])
+                        per_d.append(((w_hh_b, w_hr_b, self._e3), (mb_hh, mb_hr, 1)))
+                    lay.backward_w = per_d
         return lay.backward_w
 
     def backward(self, state, dy, dh_n, dc_n):
