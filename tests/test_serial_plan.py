@@ -2,7 +2,10 @@
 serially take a plan made once per params version, shape and configuration. Its results are
 bitwise the general path's (``CPUConfig.serial_plans=False``), and both match the reference."""
 import gc
+import os
+import signal
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -172,3 +175,33 @@ def test_plans_go_with_their_params():
     del p
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_makes_its_own_plans():
+    """A child forked while another thread held a plan (refilling it) does not wait for that
+    thread, which it does not have: it makes its own plans."""
+    p = make_problem(Config(T=80, B=1, I=3, H=4), np.float64, seed=9)
+    want = fastlstm.forward(p.x, p.params, p.h0, p.c0)
+    plan = next(v for k, v in cpu_serial.plans_of(p.params).items() if not k[1])
+    with plan._lock:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                p.params._changed_outside()  # a new version: the call syncs a plan
+                got = fastlstm.forward(p.x, p.params, p.h0, p.c0)
+                code = 0 if np.array_equal(got.y, want.y) and got.paths == want.paths else 2
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on its parent's plan")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0

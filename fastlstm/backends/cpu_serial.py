@@ -18,6 +18,7 @@ compiled copies that built them, with none of the lookups.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import weakref
 
@@ -39,6 +40,17 @@ _STEP_COUNTS_KEPT = 256  # per plan: what the number of steps decides, for this 
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # params -> {key: plan}
 _plans_lock = threading.Lock()
 _PLANS_KEPT = 32  # per params: (batch size, mode, configuration) combinations
+
+
+def _forget_plans():
+    """In a forked child: the parent's plans may be locked by a thread the child does not
+    have; the child makes its own."""
+    global _plans, _plans_lock
+    _plans, _plans_lock = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_plans)
 
 
 def plans_of(params) -> dict:
