@@ -87,6 +87,8 @@ class LSTM(nn.RNNBase):
             lengths = None
         _check_dtype(x, "input")
         T, B, I = x.shape
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         if I != self.input_size:
             raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
                                f"{self.input_size}, got {I}")

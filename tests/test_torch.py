@@ -460,6 +460,19 @@ def test_bad_dtypes_are_clear_errors():
         flt.from_torch(nn.GRU(3, 4))
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_no_steps_is_nn_lstms_error(batch_first):
+    """A sequence of length 0 raises what nn.LSTM raises, with or without gradients."""
+    torch.manual_seed(0)
+    ours, ref = flt.LSTM(3, 4, batch_first=batch_first), nn.LSTM(3, 4, batch_first=batch_first)
+    x = torch.zeros((2, 0, 3) if batch_first else (0, 2, 3), requires_grad=True)
+    for module in (ref, ours):
+        with pytest.raises(RuntimeError, match="sequence length to be larger than 0"):
+            module(x)
+        with torch.no_grad(), pytest.raises(RuntimeError, match="larger than 0"):
+            module(x)
+
+
 def test_compile_fullgraph_trains_and_matches_eager():
     """embedding -> LSTM -> linear under torch.compile(fullgraph=True): no graph break, the
     same loss and gradients as eager."""
