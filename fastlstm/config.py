@@ -55,7 +55,7 @@ class CPUConfig:
     serial_blas_min_flop: float = 200e6
     #: Fewest batch rows per parallel task.
     parallel_min_rows: int = 4
-    #: Calls whose every layer runs serially take a plan made once per shape
+    #: Calls whose every layer runs serially take a plan kept per params and batch size
     #: (``fastlstm/backends/cpu_serial.py``): the same kernels and arguments, decided once.
     #: False: every call decides again (the results are bitwise the same).
     serial_plans: bool = True
