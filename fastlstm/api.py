@@ -94,18 +94,16 @@ def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
     if rows == 0:
         return None
     L, H, P = params.num_layers, params.hidden_size, params.output_size
+    if h0 is None:
+        if c0 is not None:
+            return None  # the general path says why
+    elif not (_plain(h0, dt, (L, B, P)) and (c0 is None or _plain(c0, dt, (L, B, H)))):
+        return None
     if rows > cfg.stepper_kernel_max_rows:
         return _thin_serial(x, params, h0, c0, batch_first, T, B, cfg)
     flop = 8.0 * rows * H * (params.input_size + P)
     if flop >= cfg.parallel_min_flop and dispatch.backend("cpu").plan_tasks(1, B, flop, cfg):
         return None  # the general path would run this layer on both cores
-    if h0 is not None:
-        if (type(h0) is not np.ndarray or h0.dtype != dt or h0.shape != (L, B, P)
-                or (c0 is not None and (type(c0) is not np.ndarray or c0.dtype != dt
-                                        or c0.shape != (L, B, H)))):
-            return None
-    elif c0 is not None:
-        return None  # the general path says why
     last = getattr(_thin, "last", None)  # this thread's previous call: one comparison
     s = None
     if last is not None and last[0]() is params and last[1] == params.version and last[2] == B \
@@ -121,31 +119,25 @@ def thin_forward(x, params, h0, c0, batch_first) -> ForwardResult | None:
     return ForwardResult(y, h, c, None, ("step",) * L)
 
 
+def _plain(a, dtype, shape) -> bool:
+    """Whether a state given to a thin call is an ndarray of the params' dtype and its shape."""
+    return type(a) is np.ndarray and a.dtype == dtype and a.shape == shape
+
+
 def _thin_serial(x, params, h0, c0, batch_first, T, B, cfg) -> ForwardResult | None:
     """A longer call whose layers all run serially: the CPU backend's plan for its shape
-    (``backends/cpu_serial.py``), with only the checks :func:`thin_forward` made; None when
-    the call does not qualify."""
-    L, H, P = params.num_layers, params.hidden_size, params.output_size
+    (``backends/cpu_serial.py``), with only the checks :func:`thin_forward` made (the kernels
+    read the states in place: they must be C-contiguous too); None when the call does not
+    qualify."""
     plan = dispatch.backend("cpu").serial_plan(params, T, B, False, cfg)
-    if plan is None:
+    if plan is None or not all(a is None or a.flags.c_contiguous for a in (h0, c0)):
         return None
-    dt = params.dtype
-    if h0 is None:
-        if c0 is not None:
-            return None  # the general path says why
-        h0, c0 = plan.zeros
-    elif (type(h0) is not np.ndarray or h0.dtype != dt or h0.shape != (L, B, P)
-          or not h0.flags.c_contiguous):
-        return None
-    elif c0 is None:
-        c0 = plan.zeros[1]
-    elif (type(c0) is not np.ndarray or c0.dtype != dt or c0.shape != (L, B, H)
-          or not c0.flags.c_contiguous):
-        return None
-    y, h, c, _ = plan.forward(x.reshape(T, B, x.shape[2]), h0, c0, None)
+    zeros_h, zeros_c = plan.zeros
+    y, h, c, _ = plan.forward(x.reshape(T, B, x.shape[2]), zeros_h if h0 is None else h0,
+                              zeros_c if c0 is None else c0, None)
     if batch_first:
-        y = y.reshape(B, T, P)
-    return ForwardResult(y, h, c, None, ("serial",) * L)
+        y = y.reshape(B, T, params.output_size)
+    return ForwardResult(y, h, c, None, ("serial",) * params.num_layers)
 
 
 def _new_thin_stepper(params, B) -> Stepper:
