@@ -55,6 +55,13 @@ class CPUConfig:
     serial_blas_min_flop: float = 200e6
     #: Fewest batch rows per parallel task.
     parallel_min_rows: int = 4
+    #: A serial layer's backward (one direction) runs its weight-gradient GEMMs in chunks of
+    #: steps on a second core while its recurrence runs (``kernels/cpu/overlap.py``): at most
+    #: ``overlap_chunks`` chunks of at least ``overlap_min_rows`` rows (steps x sequences), when
+    #: those GEMMs take at least ``overlap_min_flop``. ``overlap_chunks=0``: never.
+    overlap_chunks: int = 8
+    overlap_min_rows: int = 16
+    overlap_min_flop: float = 10e6
     #: Calls whose every layer runs serially take a plan kept per params and batch size
     #: (``fastlstm/backends/cpu_serial.py``): the same kernels and arguments, decided once.
     #: False: every call decides again (the results are bitwise the same).

@@ -130,13 +130,15 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
     dx = np.full((T, B, I), np.nan, dtype)
     db = np.full(4 * H, np.nan, dtype)
     inputs = snapshot(dy, dh_n, dc_n, gates, cs, w_ih_b)
+    progress = np.zeros(1, np.int64)
     cpu_rec.recurrence_backward(dy, d * P, 0, cpu_rec.Saved(gates, cs, e3), c0, dh_n, dc_n,
                                 lengths, reverse,
                                 cpu_rec.BackwardWeights(w_hh[None], w_hr[None] if proj else e3,
                                                         w_ih_b),
                                 cpu_rec.BackwardOut(dgates, dhp, 0, dh0, dc0, dx, db),
-                                cpu_rec.Blocks(3, B, 3))
+                                cpu_rec.Blocks(3, B, 3), progress)
     assert_unchanged(inputs, dy, dh_n, dc_n, gates, cs, w_ih_b)
+    assert progress.tolist() == [T]  # every step published
     dg_ref, dh0_ref, dc0_ref, _, _ = reference.recurrence_backward(
         dy[:, :, d * P:(d + 1) * P], dh_n, dc_n, g_ref, cs_ref, h0, c0, hs, w_hh, w_hr, lengths,
         reverse)
@@ -288,7 +290,7 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
                                         cpu_rec.BackwardWeights(w_hh[None], e3, w_ih_b),
                                         cpu_rec.BackwardOut(own, e3, 0, dh0[b0:b1], dc0[b0:b1],
                                                             dx, db_part),
-                                        cpu_rec.Blocks(B, B, 2))
+                                        cpu_rec.Blocks(B, B, 2), cpu_rec.NO_PROGRESS)
             dg[:, b0:b1] = own
             db += db_part
         return (dg, dh0, dc0, db) + ((dx,) if w_ih_b.size else ())

@@ -46,11 +46,11 @@ import numpy as np
 
 from .. import config
 from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
-                                    run_tasks, single_threaded_blas, split_rows)
-from ..kernels.cpu import smallgemm
-from ..kernels.cpu.recurrence import (BackwardOut, BackwardWeights, Blocks, ForwardOut,
-                                      ForwardWeights, Saved, StepInput, recurrence_backward,
-                                      recurrence_forward, stack_x_hprev)
+                                    run_tasks, runner_set, single_threaded_blas, split_rows)
+from ..kernels.cpu import duo, overlap, smallgemm
+from ..kernels.cpu.recurrence import (NO_PROGRESS, BackwardOut, BackwardWeights, Blocks,
+                                      ForwardOut, ForwardWeights, Saved, StepInput,
+                                      recurrence_backward, recurrence_forward, stack_x_hprev)
 from .compile_notice import announce_compiles
 from .cpu_layouts import _Prepared, _prepare, block_shape, col_blocks
 from .state import LayerState, TrainingState
@@ -140,6 +140,57 @@ def fuse_dx(Bw, G, I, cfg=None):
 
 def _layer_flop(T, B, I, H, P, D, proj):
     return 2.0 * T * B * D * (4 * H * (I + P) + (H * P if proj else 0))
+
+
+def overlap_edges(T, B, I, H, P, D, proj, cfg):
+    """The chunks (recurrence steps) of a serial layer's backward whose weight-gradient GEMMs
+    run on a second core beside its recurrence (``kernels/cpu/overlap.py``;
+    ``CPUConfig.overlap_*``), or None: one direction, at least two threads, BLAS kept on the
+    calling thread (``_pin_serial``), and GEMMs large enough to gain."""
+    if D != 1 or not _pin_serial(_layer_flop(T, B, I, H, P, D, proj), cfg) \
+            or num_threads(cfg) < 2:
+        return None
+    n = min(cfg.overlap_chunks, T * B // max(1, cfg.overlap_min_rows), T)
+    if n < 2 or 2.0 * T * B * 4 * H * (2 * I + P) < cfg.overlap_min_flop or not can_pin():
+        return None
+    return np.array([T * j // n for j in range(n + 1)], np.int64)
+
+
+def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, cfg):
+    """A serial direction's backward after its recurrence: ``run_rec(progress)`` runs the
+    recurrence, then ``dx = dg W_ih``, ``dw_ih = dg^T x``, ``dw_hh = dg^T hp`` (2-D, rows
+    (step, sequence)); with ``edges`` (:func:`overlap_edges`) the GEMMs run chunk by chunk on
+    both cores while the recurrence goes on: on the partner thread of the two-core path
+    (``kernels/cpu/duo.py``), or inside a framework's operators on its worker."""
+    if edges is None:
+        run_rec(NO_PROGRESS)
+        grad_gemms(dg, x, hp, w_ih, dx, dw_ih, dw_hh)
+        return
+    ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
+    args = (ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh)
+
+    def task(i):
+        if i == 0:
+            try:
+                run_rec(ctrl[overlap.PROGRESS:overlap.PROGRESS + 1])
+            except BaseException:
+                ctrl[overlap.PROGRESS] = edges[-1]  # release the other thread, then raise
+                raise
+        overlap.grad_chunks(*args)
+
+    with single_threaded_blas():
+        if runner_set():  # a framework's thread team (fastlstm.torch): its worker helps
+            run_tasks(task, [(0,), (1,)])
+            return
+        partner = duo.partner(cfg.duo_spins)
+        posted = partner.offer(overlap.grad_chunks, args)
+        spins = 0
+        try:
+            task(0)
+            spins = overlap.await_chunks(ctrl, len(edges) - 1)
+        finally:
+            if posted:
+                partner.release(spins > partner.WAIT_PER_STEP * edges[-1])
 
 
 def _run(fn, ctx, tasks, parallel):
@@ -384,14 +435,17 @@ def _backward_task(L: _BackwardLayer, i):
         w_ih_b, mb_ih, dx_step = empty3, 1, empty3
         dx2 = target.reshape(rows, I_l) if whole else workspace("dx_part", (rows, I_l), dt)
     db = np.empty(G, dt)
-    recurrence_backward(L.dy, d * P, b0, tuple(Saved(gates, cells, empty3)), L.c0[k, b0:b1],
-                        L.dh_n[k, b0:b1], L.dc_n[k, b0:b1], L.lengths[b0:b1], d == 1,
-                        tuple(BackwardWeights(w_hh_b, w_hr_b, w_ih_b)),
-                        tuple(BackwardOut(dg, dhp, 0, L.dh0[k, b0:b1], L.dc0[k, b0:b1], dx_step,
-                                          db)),
-                        tuple(Blocks(mb_hh, mb_hr, mb_ih)))
+
+    def rec(progress):
+        recurrence_backward(L.dy, d * P, b0, tuple(Saved(gates, cells, empty3)), L.c0[k, b0:b1],
+                            L.dh_n[k, b0:b1], L.dc_n[k, b0:b1], L.lengths[b0:b1], d == 1,
+                            tuple(BackwardWeights(w_hh_b, w_hr_b, w_ih_b)),
+                            tuple(BackwardOut(dg, dhp, 0, L.dh0[k, b0:b1], L.dc0[k, b0:b1],
+                                              dx_step, db)),
+                            tuple(Blocks(mb_hh, mb_hr, mb_ih)), progress)
     hk = L.h0[k, b0:b1]
     if L.parallel:
+        rec(NO_PROGRESS)
         # [dW_ih | dW_hh] as one GEMM over [x | h_prev]: the gate gradients are read once
         # (item 18); the operand is the forward's (item 19) or built here, without the GIL
         if sv.xh:
@@ -406,8 +460,9 @@ def _backward_task(L: _BackwardLayer, i):
         hp = np.empty((T, B, P), dt)
         stack_x_hprev(np.empty((T, B, 0), dt), 0, sv.y, d * P, hk, L.lengths, d == 1, hp)
         dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
-        grad_gemms(dg.reshape(rows, G), sv.x.reshape(rows, I_l), hp.reshape(rows, P), w_ih,
-                   dx2, dw_ih, dw_hh)
+        edges = overlap_edges(T, B, I_l, H, P, params.num_directions, has_proj, cfg)
+        recurrence_then_grads(rec, edges, d == 1, B, dg.reshape(rows, G), sv.x.reshape(rows, I_l),
+                              hp.reshape(rows, P), w_ih, dx2, dw_ih, dw_hh, cfg)
     if not (whole or fuse):
         target[:, b0:b1] = dx2.reshape(T, Bw, I_l)
     dw_hr = None

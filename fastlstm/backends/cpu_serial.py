@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 
 from ..kernels.cpu.pack import block_columns_into, transpose_into
-from ..kernels.cpu.parallel import grad_gemms, matmul_into, matmul_tn_into, single_threaded_blas
+from ..kernels.cpu.parallel import matmul_into, matmul_tn_into, single_threaded_blas
 from ..kernels.cpu.recurrence import recurrence_backward, recurrence_forward, stack_x_hprev
 from ..kernels.cpu.smallgemm import aligned_empty
 from . import cpu, cpu_duo
@@ -116,6 +116,8 @@ class SerialPlan:
         self._lock = threading.Lock()
         #: per step count: False (not serial) or each layer's BLAS pinning
         self.per_steps = {}
+        #: per step count: each layer's backward chunks (``cpu.overlap_edges``)
+        self.overlaps = {}
         #: (function, arguments): the copies that recompute the layouts from the parameters
         self._refills = []
         self.layers = None
@@ -268,6 +270,13 @@ class SerialPlan:
             params.output_size
         dt, e3, G, rows = params.dtype, self._e3, 4 * H, T * B
         proj = params.proj_size > 0
+        edges = self.overlaps.get(T)
+        if edges is None:
+            if len(self.overlaps) >= _STEP_COUNTS_KEPT:
+                self.overlaps.clear()
+            edges = self.overlaps[T] = [
+                cpu.overlap_edges(T, B, params.input_size if layer == 0 else D * P, H, P, D,
+                                  proj, self.cfg) for layer in range(L)]
         dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
         per_layer = [None] * L
         dy_layer = np.ascontiguousarray(dy)
@@ -285,15 +294,20 @@ class SerialPlan:
                     dg = cpu.workspace("dgates", (T, B, G), dt)
                     dhp = cpu.workspace("dhp", (T, B, P), dt) if proj else e3
                     db = np.empty(G, dt)
-                    recurrence_backward(dy_layer, d * P, 0, (gates, cells, e3), state.c0[k],
-                                        dh_n[k], dc_n[k], state.lengths, d == 1, w,
-                                        (dg, dhp, 0, dh0[k], dc0[k], e3, db), blocks)
                     hp = np.empty((T, B, P), dt)
                     stack_x_hprev(np.empty((T, B, 0), dt), 0, sv.y, d * P, state.h0[k],
                                   state.lengths, d == 1, hp)
                     dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
-                    grad_gemms(dg.reshape(rows, G), sv.x.reshape(rows, I_l), hp.reshape(rows, P),
-                               lay.w_ih[d], dxs[d].reshape(rows, I_l), dw_ih, dw_hh)
+
+                    def rec(progress):
+                        recurrence_backward(dy_layer, d * P, 0, (gates, cells, e3), state.c0[k],
+                                            dh_n[k], dc_n[k], state.lengths, d == 1, w,
+                                            (dg, dhp, 0, dh0[k], dc0[k], e3, db), blocks,
+                                            progress)
+                    cpu.recurrence_then_grads(rec, edges[layer], d == 1, B, dg.reshape(rows, G),
+                                              sv.x.reshape(rows, I_l), hp.reshape(rows, P),
+                                              lay.w_ih[d], dxs[d].reshape(rows, I_l), dw_ih, dw_hh,
+                                              self.cfg)
                     dw_hr = None
                     if proj:
                         hh = gates[:, :, 3 * H:] * np.tanh(cells)  # o * tanh(c); 0 padded

@@ -33,16 +33,13 @@ instructions emitted by intrinsics (acquire / release ordering), and the spin-wa
 from __future__ import annotations
 
 import os
-import platform
 import threading
 import time
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
+from .atomics import atomic_cas as _cas, atomic_load as _load, atomic_store as _store, \
+    spin_pause as _relax
 from .jit import jit
 from .recurrence import _cell_forward
 from .smallgemm import micro_dot
@@ -53,61 +50,6 @@ P0, P1, CLAIM, JOIN, SEQ, DONE, WAITS, PWAITS, XG1 = 0, 8, 16, 24, 32, 40, 48, 5
 CTRL_SIZE = 72
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-
-
-def _word(context, builder, aty, arr, idx):
-    return builder.gep(context.make_array(aty)(context, builder, arr).data, [idx])
-
-
-@intrinsic
-def _load(typingctx, arr, idx):
-    """``arr[idx]`` (int64), an acquire load."""
-    sig = types.int64(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        return builder.load_atomic(_word(context, builder, signature.args[0], *args),
-                                   "acquire", 8)
-    return sig, codegen
-
-
-@intrinsic
-def _store(typingctx, arr, idx, val):
-    """``arr[idx] = val`` (int64), a release store."""
-    sig = types.void(arr, idx, types.int64)
-
-    def codegen(context, builder, signature, args):
-        builder.store_atomic(args[2], _word(context, builder, signature.args[0], args[0],
-                                            args[1]), "release", 8)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def _cas(typingctx, arr, idx, expected, new):
-    """``arr[idx] = new`` if it equals ``expected`` (atomically); whether it did."""
-    sig = types.boolean(arr, idx, types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = _word(context, builder, signature.args[0], args[0], args[1])
-        res = builder.cmpxchg(ptr, args[2], args[3], "acq_rel", "acquire")
-        return builder.extract_value(res, 1)
-    return sig, codegen
-
-
-@intrinsic
-def _relax(typingctx):
-    """A spin-wait hint (``pause`` on x86; nothing elsewhere)."""
-    sig = types.void()
-
-    def codegen(context, builder, signature, args):
-        if _X86:
-            fn = cgutils.get_or_insert_function(builder.module,
-                                                ir.FunctionType(ir.VoidType(), []),
-                                                "llvm.x86.sse2.pause")
-            builder.call(fn, [])
-        return context.get_dummy_value()
-    return sig, codegen
 
 
 @jit(**_OPTS)
@@ -315,7 +257,8 @@ def _await_job(ctrl, seen, spins):
 
 
 class Partner:
-    """The partner thread of :func:`duo_forward`: a daemon that runs half 1 of each job posted
+    """The partner thread of :func:`duo_forward` (and of :meth:`offer`'s jobs: the backward's
+    GEMMs, ``kernels/cpu/overlap.py``): a daemon that runs half 1 of each job posted
     with :meth:`run`, spinning (without the GIL) for ``spins`` pause loops after each job for
     the next one, then sleeping until one is posted. One caller at a time: :meth:`run` returns
     False without doing anything when another thread's call holds the partner.
@@ -355,7 +298,39 @@ class Partner:
             seen = s
             job = self._slot
             if job is not None and job[0] == s:
-                duo_forward(1, s, *job[1])
+                job[1](*job[2])
+
+    def _post(self, s, fn, args):
+        """Hands job ``s``, ``fn(*args)``, to the partner thread (the caller holds ``_busy``)."""
+        self._seq = s
+        self._slot = (s, fn, args)
+        self.ctrl[SEQ] = s
+        self._wake.set()
+
+    def _judge(self, busy: bool):
+        """After a job: back off (50 ms, doubling up to 1 s) when it found the second core
+        busy, else stop backing off."""
+        if busy:
+            self._until = time.monotonic() + self._backoff
+            self._backoff = min(2 * self._backoff, 1.0)
+        else:
+            self._until, self._backoff = 0.0, 0.05
+
+    def offer(self, fn, args) -> bool:
+        """Posts ``fn(*args)`` to the partner thread, unless another call holds it or it is
+        backing off (False: nothing posted). After True, the caller does its own part (``fn``
+        must let the caller finish the job alone when the partner comes late or never) and
+        then calls :meth:`release`."""
+        if not (self.usable() and self._busy.acquire(blocking=False)):
+            return False
+        self._post(self._seq + 1, fn, args)
+        return True
+
+    def release(self, busy: bool):
+        """Ends an :meth:`offer`'s job; ``busy``: the caller found the second core busy."""
+        self._slot = None
+        self._judge(busy)
+        self._busy.release()
 
     def usable(self) -> bool:
         """False while backing off after a job that found the second core busy."""
@@ -371,16 +346,13 @@ class Partner:
             duo_forward(0, 0, x2, w, buf, H0, ctrl)
             return False
         try:
-            self._seq += 1
-            s = self._seq
+            s = self._seq + 1
             ctrl = self.ctrl
             for word in (P0, P1, CLAIM, DONE, WAITS, PWAITS, XG1):
                 ctrl[word] = 0
             ctrl[JOIN] = 4 * s
             args = (x2, w, buf, H0, ctrl)
-            self._slot = (s, args)
-            ctrl[SEQ] = s
-            self._wake.set()
+            self._post(s, duo_forward, (1, s) + args)
             start = time.perf_counter()
             duo_forward(0, s, *args)
             took = time.perf_counter() - start
@@ -388,11 +360,7 @@ class Partner:
             T = max(buf[4].shape[0], 1)
             self.last_share = ctrl[DONE] / T
             absent = ctrl[JOIN] == 4 * s + 2 and took > self.JOIN_WITHIN
-            if absent or ctrl[WAITS] + ctrl[PWAITS] > self.WAIT_PER_STEP * T:
-                self._until = time.monotonic() + self._backoff
-                self._backoff = min(2 * self._backoff, 1.0)
-            else:
-                self._until, self._backoff = 0.0, 0.05
+            self._judge(absent or ctrl[WAITS] + ctrl[PWAITS] > self.WAIT_PER_STEP * T)
         finally:
             self._busy.release()
         return True

@@ -29,8 +29,8 @@ import numba
 import numpy as np
 from .jit import jit
 
-__all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "tasks_on", "split_rows",
-           "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
+__all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "runner_set", "tasks_on",
+           "split_rows", "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
 
 _lock = threading.Lock()
 _state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
@@ -164,6 +164,11 @@ class tasks_on:
     def __exit__(self, *exc):
         _runner.reset(self._token)
         return False
+
+
+def runner_set() -> bool:
+    """Whether :class:`tasks_on` has set a runner for this thread (a framework's threads)."""
+    return _runner.get() is not None
 
 
 def run_tasks(fn, tasks) -> list:

@@ -31,9 +31,13 @@ import numpy as np
 from .jit import jit
 
 from .activations import half_like, one_like, tanh_row
+from .atomics import atomic_store
 from .smallgemm import micro_dot
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+
+#: ``recurrence_backward``'s ``progress`` when nobody reads it.
+NO_PROGRESS = np.zeros(0, np.int64)
 
 # The kernels' grouped arguments, passed as plain tuples in these layouts (Numba types a plain
 # tuple in C; a namedtuple would cost a Python-level typeof on every call). An optional part
@@ -298,7 +302,8 @@ def _cell_backward(dzb, gb, cb, cpb, dhb, dcb, H, s1, s2):
 
 
 @jit(**_OPTS)
-def recurrence_backward(dy, dy_off, b0, saved, c0, dh_n, dc_n, lengths, reverse, w, out, blocks):
+def recurrence_backward(dy, dy_off, b0, saved, c0, dh_n, dc_n, lengths, reverse, w, out, blocks,
+                        progress):
     """Backward through one direction of one layer for B = ``c0.shape[0]`` sequences.
 
     ``dy`` (T, B, D*H_out) is the gradient of the layer output (this direction's columns start
@@ -312,9 +317,13 @@ def recurrence_backward(dy, dy_off, b0, saved, c0, dh_n, dc_n, lengths, reverse,
     ``dc0``; with ``w.w_ih_b``, each step's ``dx[t]`` = that step's gate gradients @ W_ih
     (0 for finished sequences) while they are still in cache; with ``out.db`` of 4H
     entries, the bias gradient (the sum of the gate gradients) likewise. The weight
-    gradients are whole-sequence GEMMs done by the caller.
+    gradients are whole-sequence GEMMs done by the caller. With a ``progress`` word (int64, one
+    entry; none: no entries), the number of steps done is stored there after each step (a
+    release store), so another thread may read each step's gate gradients (and ``dx`` rows)
+    while the loop goes on.
     """
     gates, cs, _ = saved
+    track = progress.shape[0] > 0
     w_hh_b, w_hr_b, w_ih_b = w
     dgates, dhp_out, g0, dh0, dc0, dx, db = out
     mb_hh, mb_hr, mb_ih = blocks
@@ -386,6 +395,8 @@ def recurrence_backward(dy, dy_off, b0, saved, c0, dh_n, dc_n, lengths, reverse,
             _bdot(dgt[:n_act], w_hh_b, zp, dh_new[:n_act], mb_hh)
             for i in range(n_act):
                 dh[i, :] = dh_new[i]
+        if track:
+            atomic_store(progress, 0, s + 1)
     for i in range(B):
         dh0[order[i], :] = dh[i]
         dc0[order[i], :] = dc[i]

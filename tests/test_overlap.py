@@ -1,0 +1,123 @@
+"""A serial layer's backward with its weight-gradient GEMMs beside the recurrence
+(kernels/cpu/overlap.py): the results match the reference, do not depend on which thread
+computed which chunk (bitwise), and the call neither hangs nor loses an error when the
+recurrence fails."""
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import config
+from fastlstm.backends import cpu
+from fastlstm.kernels.cpu import duo, overlap
+from fastlstm.kernels.cpu.parallel import tasks_on
+
+from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
+
+#: Overlap at any size, on two threads.
+FORCE = dict(threads=2, overlap_min_flop=0, overlap_min_rows=1, overlap_chunks=5)
+
+
+def _grads(p, **knobs):
+    with config.options("cpu", **knobs):
+        fwd, bwd = run(p, "cpu")
+    return fwd, bwd, [bwd.dx, bwd.dh0, bwd.dc0, *bwd.dparams.values()]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", [
+    Config(T=23, B=3, I=5, H=7, L=2, lengths=True),
+    Config(T=17, B=2, I=4, H=6, L=1, proj=3),
+    Config(T=11, B=1, I=3, H=9, L=1, bias=False, given_state=False),
+], ids=["lengths-2-layers", "proj", "B1-nobias"])
+def test_overlapped_backward_matches_the_reference(cfg, dtype):
+    p = make_problem(cfg, dtype, seed=4)
+    before = snapshot(p.x, p.h0, p.c0, p.dy, p.dh, p.dc, *p.params.state_dict().values())
+    edges = cpu.overlap_edges(cfg.T, cfg.B, cfg.I, cfg.H, cfg.P, 1, cfg.proj > 0,
+                              config.CPUConfig(**FORCE))
+    assert edges is not None and len(edges) == 6  # the path is taken
+    fwd, bwd, got = _grads(p, **FORCE)
+    assert fwd.paths == ("serial",) * cfg.L
+    compare(fwd, bwd, *run(p, "reference"), dtype, "overlap")
+    assert_unchanged(before, p.x, p.h0, p.c0, p.dy, p.dh, p.dc,
+                     *p.params.state_dict().values())
+    # the general path (no plan) runs the same chunks, bitwise
+    _, _, general = _grads(p, serial_plans=False, **FORCE)
+    for a, b in zip(got, general):
+        np.testing.assert_array_equal(a, b)
+    # and whoever computes the chunks, the sums are the same: the partner held by another
+    # call (every chunk on the calling thread), and a framework's team run in order
+    partner = duo.partner(config.current("cpu").duo_spins)
+    assert partner._busy.acquire()
+    try:
+        _, _, alone = _grads(p, **FORCE)
+    finally:
+        partner._busy.release()
+    with tasks_on(lambda fn, tasks: [fn(*t) for t in tasks]):
+        _, _, team = _grads(p, **FORCE)
+    for a, b, c in zip(got, alone, team):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_when_it_is_taken():
+    cfg = config.CPUConfig(threads=2)
+    assert cpu.overlap_edges(200, 1, 64, 128, 128, 1, False, cfg).tolist() == \
+        [0, 25, 50, 75, 100, 125, 150, 175, 200]
+    assert cpu.overlap_edges(200, 1, 64, 128, 128, 2, False, cfg) is None  # two directions
+    assert cpu.overlap_edges(200, 1, 64, 128, 128, 1, False,
+                             config.CPUConfig(threads=1)) is None
+    assert cpu.overlap_edges(200, 1, 64, 128, 128, 1, False,
+                             config.CPUConfig(threads=2, overlap_chunks=0)) is None
+    assert cpu.overlap_edges(20, 1, 8, 16, 16, 1, False, cfg) is None  # too small to gain
+    # fewer rows than two chunks of overlap_min_rows
+    assert cpu.overlap_edges(31, 1, 64, 512, 512, 1, False, cfg) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K, M, N", [(1, 1, 1), (13, 37, 5), (64, 8, 200)])
+def test_gemm_tn_sets_and_adds(dtype, K, M, N):
+    from numba import njit
+    rng = np.random.default_rng(K + M + N)
+    a, b = rng.standard_normal((K, M)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+    c0 = rng.standard_normal((M, N)).astype(dtype)
+
+    @njit
+    def call(a, b, c, beta):
+        overlap.gemm_tn(a, b, c, beta)
+
+    c = c0.copy()
+    call(a, b, c, 0.0)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c, a.T.astype(np.float64) @ b, **tol)
+    c = c0.copy()
+    call(a, b, c, 1.0)
+    np.testing.assert_allclose(c, c0 + a.T.astype(np.float64) @ b, **tol)
+
+
+@pytest.mark.parametrize("framework", [False, True], ids=["partner", "team"])
+def test_a_failing_recurrence_raises_and_releases_the_other_thread(framework):
+    """The other thread waits for the recurrence's progress: an error in it must end that
+    wait (no hang) and reach the caller; the partner is free afterwards."""
+    T, B, I, H, dt = 12, 2, 3, 4, np.float64
+    rng = np.random.default_rng(0)
+    dg, x, hp = (rng.standard_normal((T * B, n)) for n in (4 * H, I, H))
+    w_ih = rng.standard_normal((4 * H, I))
+    dx, dw_ih, dw_hh = np.empty((T * B, I), dt), np.empty((4 * H, I), dt), np.empty((4 * H, H), dt)
+    edges = np.array([0, 4, 8, 12], np.int64)
+
+    def fails(progress):
+        raise RuntimeError("recurrence failed")
+
+    def call():
+        cpu.recurrence_then_grads(fails, edges, False, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh,
+                                  config.CPUConfig(threads=2))
+    if framework:
+        with tasks_on(lambda fn, tasks: [fn(*t) for t in tasks]), \
+                pytest.raises(RuntimeError, match="recurrence failed"):
+            call()
+    else:
+        with pytest.raises(RuntimeError, match="recurrence failed"):
+            call()
+        partner = duo.partner(config.current("cpu").duo_spins)
+        assert partner._busy.acquire(timeout=5)
+        partner._busy.release()
