@@ -5,7 +5,6 @@ recurrence fails."""
 import numpy as np
 import pytest
 
-import fastlstm
 from fastlstm import config
 from fastlstm.backends import cpu
 from fastlstm.kernels.cpu import duo, overlap

@@ -156,6 +156,11 @@ def overlap_edges(T, B, I, H, P, D, proj, cfg):
     return np.array([T * j // n for j in range(n + 1)], np.int64)
 
 
+#: Pause loops the calling thread may wait for the other's chunk before the partner counts as
+#: busy (a chunk's GEMMs take ~10^3-10^4; a descheduled thread, a scheduler tick: ~10^5).
+OVERLAP_WAIT = 50_000
+
+
 def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, cfg):
     """A serial direction's backward after its recurrence: ``run_rec(progress)`` runs the
     recurrence, then ``dx = dg W_ih``, ``dw_ih = dg^T x``, ``dw_hh = dg^T hp`` (2-D, rows
@@ -176,21 +181,20 @@ def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih
             except BaseException:
                 ctrl[overlap.PROGRESS] = edges[-1]  # release the other thread, then raise
                 raise
-        overlap.grad_chunks(*args)
+        return overlap.grad_chunks(*args, i == 1) + overlap.await_chunks(ctrl, len(edges) - 1)
 
     with single_threaded_blas():
         if runner_set():  # a framework's thread team (fastlstm.torch): its worker helps
             run_tasks(task, [(0,), (1,)])
             return
         partner = duo.partner(cfg.duo_spins)
-        posted = partner.offer(overlap.grad_chunks, args)
+        posted = partner.offer(overlap.grad_chunks, args + (True,))
         spins = 0
         try:
-            task(0)
-            spins = overlap.await_chunks(ctrl, len(edges) - 1)
+            spins = task(0)
         finally:
-            if posted:
-                partner.release(spins > partner.WAIT_PER_STEP * edges[-1])
+            if posted:  # a wait of more than a chunk's GEMMs: the second core was busy
+                partner.release(spins > OVERLAP_WAIT)
 
 
 def _run(fn, ctx, tasks, parallel):

@@ -15,9 +15,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["atomic_load", "atomic_store", "atomic_cas", "spin_pause"]
+__all__ = ["atomic_load", "atomic_store", "atomic_cas", "spin_pause", "yield_cpu"]
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_LINUX = platform.system() == "Linux"
 
 
 def _word(context, builder, aty, arr, idx):
@@ -69,6 +70,22 @@ def spin_pause(typingctx):
             fn = cgutils.get_or_insert_function(builder.module,
                                                 ir.FunctionType(ir.VoidType(), []),
                                                 "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def yield_cpu(typingctx):
+    """Lets the scheduler run another thread on this core (``sched_yield``; nothing off Linux):
+    for long waits, so that a waiting thread does not take the core of the one it waits for."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _LINUX:
+            fn = cgutils.get_or_insert_function(builder.module,
+                                                ir.FunctionType(ir.IntType(32), []),
+                                                "sched_yield")
             builder.call(fn, [])
         return context.get_dummy_value()
     return sig, codegen

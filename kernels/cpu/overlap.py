@@ -13,10 +13,10 @@ recurrence goes on.
 
 Control words (int64, one cache line each): ``ctrl[PROGRESS]`` the recurrence's steps done
 (its ``progress`` word), ``ctrl[CLAIM]`` the next chunk nobody has claimed. Both threads run
-:func:`grad_chunks`: each claims chunks in order (a compare-and-swap), waits until the
-recurrence has passed the claimed one and computes it; the calling thread runs it after the
-recurrence, taking whatever the other has not claimed, so a late or busy second core only
-leaves more of the GEMMs to the calling thread. A chunk's ``dx`` rows are its own; its weight
+:func:`grad_chunks` and claim chunks in order (a compare-and-swap): the other thread only
+chunks the recurrence has passed, while it runs; the calling thread, after the recurrence,
+whatever is left. A late or busy second core only leaves more of the GEMMs to the calling
+thread, which waits at most for the one chunk the other is computing. A chunk's ``dx`` rows are its own; its weight
 gradients are added into ``dw_ih``, ``dw_hh`` by a GEMM with beta = 1 (:func:`gemm_tn`), in
 chunk order (``ctrl[ADDED]``: the chunks added so far), so the results do not depend on which
 thread computed what, and no partial sums are kept.
@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import ensure_blas, get_blas_kind
 
-from .atomics import atomic_cas, atomic_load, atomic_store, spin_pause
+from .atomics import atomic_cas, atomic_load, atomic_store, spin_pause, yield_cpu
 from .jit import jit
 
 __all__ = ["PROGRESS", "CLAIM", "ADDED", "CTRL_SIZE", "grad_chunks", "await_chunks", "gemm_tn"]
@@ -78,30 +78,47 @@ def gemm_tn(typingctx, a, b, c, beta):
 
 
 @jit(**_OPTS)
-def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh):
-    """Claim chunks of steps until none is left; for chunk ``j`` (recurrence steps
-    ``[edges[j], edges[j+1])``) wait for the recurrence, write its rows of ``dx`` =
-    ``dg @ w_ih``, then, once chunks ``0..j-1`` are added, add ``dg^T x`` into ``dw_ih`` and
-    ``dg^T hp`` into ``dw_hh`` (over its rows; chunk 0 sets them). ``dg`` (T*B, 4H), ``x``
-    (T*B, I), ``hp`` (T*B, P), ``dx`` (T*B, I): rows are (step, sequence); the recurrence runs
-    steps backwards in time unless ``reverse``."""
+def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, helper):
+    """Claim chunks of steps in order and compute them: for chunk ``j`` (recurrence steps
+    ``[edges[j], edges[j+1])``) its rows of ``dx`` = ``dg @ w_ih``, then, once chunks
+    ``0..j-1`` are added, ``dg^T x`` added into ``dw_ih`` and ``dg^T hp`` into ``dw_hh`` (over
+    its rows; chunk 0 sets them). ``dg`` (T*B, 4H), ``x`` (T*B, I), ``hp`` (T*B, P), ``dx``
+    (T*B, I): rows are (step, sequence); the recurrence runs steps backwards in time unless
+    ``reverse``.
+
+    The ``helper`` claims only chunks the recurrence has passed, and stops when the
+    recurrence is done (the calling thread, which runs this after it, takes the rest), so
+    it never holds a chunk the other thread waits for longer than the chunk takes, and while
+    it waits it yields its core every few hundred pause loops. Returns the pause loops spent
+    waiting for the other thread's chunk to be added."""
     T = dg.shape[0] // B
     n = edges.shape[0] - 1
+    spins = 0
+    idle = 0
     while True:
         j = atomic_load(ctrl, CLAIM)
         if j >= n:
-            return
+            return spins
+        if helper:
+            done = atomic_load(ctrl, PROGRESS)
+            if done >= edges[n]:
+                return spins
+            if done < edges[j + 1]:
+                spin_pause()
+                idle += 1
+                if idle % 256 == 0:
+                    yield_cpu()
+                continue
         if not atomic_cas(ctrl, CLAIM, j, j + 1):
             continue
         s0, s1 = edges[j], edges[j + 1]
-        while atomic_load(ctrl, PROGRESS) < s1:
-            spin_pause()
         t0, t1 = (s0, s1) if reverse else (T - s1, T - s0)
         r0, r1 = t0 * B, t1 * B
         a = dg[r0:r1]
         np.dot(a, w_ih, dx[r0:r1])
         while atomic_load(ctrl, ADDED) < j:
             spin_pause()
+            spins += 1
         beta = 0.0 if j == 0 else 1.0
         gemm_tn(a, x[r0:r1], dw_ih, beta)
         gemm_tn(a, hp[r0:r1], dw_hh, beta)
