@@ -12,14 +12,17 @@ of a chunk run as soon as the recurrence has passed it, on the other core, while
 recurrence goes on.
 
 Control words (int64, one cache line each): ``ctrl[PROGRESS]`` the recurrence's steps done
-(its ``progress`` word), ``ctrl[CLAIM]`` the next chunk nobody has claimed. Both threads run
-:func:`grad_chunks` and claim chunks in order (a compare-and-swap): the other thread only
-chunks the recurrence has passed, while it runs; the calling thread, after the recurrence,
-whatever is left. A late or busy second core only leaves more of the GEMMs to the calling
-thread, which waits at most for the one chunk the other is computing. A chunk's ``dx`` rows are its own; its weight
-gradients are added into ``dw_ih``, ``dw_hh`` by a GEMM with beta = 1 (:func:`gemm_tn`), in
-chunk order (``ctrl[ADDED]``: the chunks added so far), so the results do not depend on which
-thread computed what, and no partial sums are kept.
+(its ``progress`` word), ``ctrl[CLAIM]`` the next job nobody has claimed (three per chunk:
+its ``dx`` rows, its share of ``dW_ih``, its share of ``dW_hh``), ``ctrl[ADDED_IH]``,
+``ctrl[ADDED_HH]`` the chunks added into each weight gradient, ``ctrl[DONE]`` the jobs done.
+Both threads run :func:`grad_chunks` and claim jobs in order (a compare-and-swap): the other
+thread only jobs of chunks the recurrence has passed; the calling thread, after the
+recurrence, whatever is left. The weight gradients are added chunk after chunk by GEMMs with
+beta = 1 (:func:`gemm_tn`), in chunk order, so the results do not depend on which thread did
+what and no partial sums are kept; the two sums are separate jobs, so the threads work on both
+at once. A late or busy second core only leaves more of the jobs to the calling thread, which
+waits at most for the ones the other is doing; a long wait makes the partner back off
+(``fastlstm/backends/cpu.py::recurrence_then_grads``).
 """
 from __future__ import annotations
 
@@ -34,10 +37,10 @@ from numba.np.linalg import ensure_blas, get_blas_kind
 from .atomics import atomic_cas, atomic_load, atomic_store, spin_pause, yield_cpu
 from .jit import jit
 
-__all__ = ["PROGRESS", "CLAIM", "ADDED", "CTRL_SIZE", "grad_chunks", "await_chunks", "gemm_tn"]
+__all__ = ["PROGRESS", "CLAIM", "CTRL_SIZE", "grad_chunks", "await_chunks", "gemm_tn"]
 
-PROGRESS, CLAIM, ADDED = 0, 8, 16
-CTRL_SIZE = 24
+PROGRESS, CLAIM, ADDED_IH, ADDED_HH, DONE = 0, 8, 16, 24, 32
+CTRL_SIZE = 40
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -78,59 +81,71 @@ def gemm_tn(typingctx, a, b, c, beta):
 
 
 @jit(**_OPTS)
-def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, helper):
-    """Claim chunks of steps in order and compute them: for chunk ``j`` (recurrence steps
-    ``[edges[j], edges[j+1])``) its rows of ``dx`` = ``dg @ w_ih``, then, once chunks
-    ``0..j-1`` are added, ``dg^T x`` added into ``dw_ih`` and ``dg^T hp`` into ``dw_hh`` (over
-    its rows; chunk 0 sets them). ``dg`` (T*B, 4H), ``x`` (T*B, I), ``hp`` (T*B, P), ``dx``
-    (T*B, I): rows are (step, sequence); the recurrence runs steps backwards in time unless
-    ``reverse``.
+def _count(ctrl, word):
+    """``ctrl[word] += 1``, atomically."""
+    while True:
+        v = atomic_load(ctrl, word)
+        if atomic_cas(ctrl, word, v, v + 1):
+            return
 
-    The ``helper`` claims only chunks the recurrence has passed, and stops when the
-    recurrence is done (the calling thread, which runs this after it, takes the rest), so
-    it never holds a chunk the other thread waits for longer than the chunk takes, and while
-    it waits it yields its core every few hundred pause loops. Returns the pause loops spent
-    waiting for the other thread's chunk to be added."""
+
+@jit(**_OPTS)
+def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, helper):
+    """Claim jobs in order and do them; chunk ``j`` (recurrence steps ``[edges[j],
+    edges[j+1])``) has three: job ``3j`` its rows of ``dx = dg @ w_ih``, job ``3j + 1``
+    ``dg^T x`` added into ``dw_ih``, job ``3j + 2`` ``dg^T hp`` added into ``dw_hh`` (over its
+    rows; chunk 0 sets them, and chunk j adds only after chunk j - 1 has). ``dg`` (T*B, 4H),
+    ``x`` (T*B, I), ``hp`` (T*B, P), ``dx`` (T*B, I): rows are (step, sequence); the
+    recurrence runs steps backwards in time unless ``reverse``.
+
+    The ``helper`` claims only jobs of chunks the recurrence has passed and yields its core
+    every few hundred pause loops while it waits for one; the calling thread runs this after
+    the recurrence. Returns the pause loops spent waiting for the other thread's previous
+    chunk of the same sum."""
     T = dg.shape[0] // B
     n = edges.shape[0] - 1
     spins = 0
     idle = 0
     while True:
-        j = atomic_load(ctrl, CLAIM)
-        if j >= n:
+        k = atomic_load(ctrl, CLAIM)
+        if k >= 3 * n:
             return spins
-        if helper:
-            done = atomic_load(ctrl, PROGRESS)
-            if done >= edges[n]:
-                return spins
-            if done < edges[j + 1]:
-                spin_pause()
-                idle += 1
-                if idle % 256 == 0:
-                    yield_cpu()
-                continue
-        if not atomic_cas(ctrl, CLAIM, j, j + 1):
+        j = k // 3
+        if helper and atomic_load(ctrl, PROGRESS) < edges[j + 1]:
+            spin_pause()
+            idle += 1
+            if idle % 256 == 0:
+                yield_cpu()
+            continue
+        if not atomic_cas(ctrl, CLAIM, k, k + 1):
             continue
         s0, s1 = edges[j], edges[j + 1]
         t0, t1 = (s0, s1) if reverse else (T - s1, T - s0)
         r0, r1 = t0 * B, t1 * B
         a = dg[r0:r1]
-        np.dot(a, w_ih, dx[r0:r1])
-        while atomic_load(ctrl, ADDED) < j:
-            spin_pause()
-            spins += 1
-        beta = 0.0 if j == 0 else 1.0
-        gemm_tn(a, x[r0:r1], dw_ih, beta)
-        gemm_tn(a, hp[r0:r1], dw_hh, beta)
-        atomic_store(ctrl, ADDED, j + 1)
+        kind = k - 3 * j
+        if kind == 0:
+            np.dot(a, w_ih, dx[r0:r1])
+        else:
+            word = ADDED_IH if kind == 1 else ADDED_HH
+            while atomic_load(ctrl, word) < j:
+                spin_pause()
+                spins += 1
+            beta = 0.0 if j == 0 else 1.0
+            if kind == 1:
+                gemm_tn(a, x[r0:r1], dw_ih, beta)
+            else:
+                gemm_tn(a, hp[r0:r1], dw_hh, beta)
+            atomic_store(ctrl, word, j + 1)
+        _count(ctrl, DONE)
 
 
 @jit(**_OPTS)
 def await_chunks(ctrl, n):
-    """Spin until all ``n`` chunks are added (the other thread may still be on its last one);
-    the pause loops it took."""
+    """Spin until all jobs of the ``n`` chunks are done (the other thread may still be on its
+    last one); the pause loops it took."""
     spins = 0
-    while atomic_load(ctrl, ADDED) < n:
+    while atomic_load(ctrl, DONE) < 3 * n:
         spin_pause()
         spins += 1
     return spins
