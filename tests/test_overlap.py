@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastlstm import config
-from fastlstm.backends import cpu
+from fastlstm.backends import cpu_overlap
 from fastlstm.kernels.cpu import duo, overlap
 from fastlstm.kernels.cpu.parallel import tasks_on
 
@@ -19,7 +19,7 @@ FORCE = dict(threads=2, overlap_min_flop=0, overlap_min_rows=1, overlap_chunks=5
 def _grads(p, **knobs):
     with config.options("cpu", **knobs):
         fwd, bwd = run(p, "cpu")
-    return fwd, bwd, [bwd.dx, bwd.dh0, bwd.dc0, *bwd.dparams.values()]
+    return fwd, bwd, [fwd.y, fwd.h, fwd.c, bwd.dx, bwd.dh0, bwd.dc0, *bwd.dparams.values()]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -31,7 +31,7 @@ def _grads(p, **knobs):
 def test_overlapped_backward_matches_the_reference(cfg, dtype):
     p = make_problem(cfg, dtype, seed=4)
     before = snapshot(p.x, p.h0, p.c0, p.dy, p.dh, p.dc, *p.params.state_dict().values())
-    edges = cpu.overlap_edges(cfg.T, cfg.B, cfg.I, cfg.H, cfg.P, 1, cfg.proj > 0,
+    edges = cpu_overlap.backward_edges(cfg.T, cfg.B, cfg.I, cfg.H, cfg.P, 1, cfg.proj > 0,
                               config.CPUConfig(**FORCE))
     assert edges is not None and len(edges) == 6  # the path is taken
     fwd, bwd, got = _grads(p, **FORCE)
@@ -60,16 +60,16 @@ def test_overlapped_backward_matches_the_reference(cfg, dtype):
 
 def test_when_it_is_taken():
     cfg = config.CPUConfig(threads=2)
-    assert cpu.overlap_edges(200, 1, 64, 128, 128, 1, False, cfg).tolist() == \
+    assert cpu_overlap.backward_edges(200, 1, 64, 128, 128, 1, False, cfg).tolist() == \
         [0, 25, 50, 75, 100, 125, 150, 175, 200]
-    assert cpu.overlap_edges(200, 1, 64, 128, 128, 2, False, cfg) is None  # two directions
-    assert cpu.overlap_edges(200, 1, 64, 128, 128, 1, False,
+    assert cpu_overlap.backward_edges(200, 1, 64, 128, 128, 2, False, cfg) is None  # two directions
+    assert cpu_overlap.backward_edges(200, 1, 64, 128, 128, 1, False,
                              config.CPUConfig(threads=1)) is None
-    assert cpu.overlap_edges(200, 1, 64, 128, 128, 1, False,
+    assert cpu_overlap.backward_edges(200, 1, 64, 128, 128, 1, False,
                              config.CPUConfig(threads=2, overlap_chunks=0)) is None
-    assert cpu.overlap_edges(20, 1, 8, 16, 16, 1, False, cfg) is None  # too small to gain
+    assert cpu_overlap.backward_edges(20, 1, 8, 16, 16, 1, False, cfg) is None  # too small to gain
     # fewer rows than two chunks of overlap_min_rows
-    assert cpu.overlap_edges(31, 1, 64, 512, 512, 1, False, cfg) is None
+    assert cpu_overlap.backward_edges(31, 1, 64, 512, 512, 1, False, cfg) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -108,7 +108,7 @@ def test_a_failing_recurrence_raises_and_releases_the_other_thread(framework):
         raise RuntimeError("recurrence failed")
 
     def call():
-        cpu.recurrence_then_grads(fails, edges, False, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh,
+        cpu_overlap.recurrence_then_grads(fails, edges, False, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh,
                                   config.CPUConfig(threads=2))
     if framework:
         with tasks_on(lambda fn, tasks: [fn(*t) for t in tasks]), \

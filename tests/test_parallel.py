@@ -365,8 +365,9 @@ def test_small_serial_layers_keep_blas_on_the_calling_thread(min_flop, want, mon
 
     for module in (cpu_backend, cpu_backend.cpu_serial):  # the general path and the plans
         monkeypatch.setattr(module, "matmul_into", spy(module.matmul_into))
-    # both paths' gradient GEMMs (cpu.recurrence_then_grads)
-    monkeypatch.setattr(cpu_backend, "grad_gemms", spy(cpu_backend.grad_gemms))
+    # both paths' gradient GEMMs (cpu_overlap.recurrence_then_grads)
+    monkeypatch.setattr(cpu_backend.cpu_overlap, "grad_gemms",
+                        spy(cpu_backend.cpu_overlap.grad_gemms))
     cpu_options(serial_blas_min_flop=min_flop, parallel_min_flop=1e18, threads=2,
                 stepper_kernel_max_rows=0)
     try:

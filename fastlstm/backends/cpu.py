@@ -46,8 +46,8 @@ import numpy as np
 
 from .. import config
 from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
-                                    run_tasks, runner_set, single_threaded_blas, split_rows)
-from ..kernels.cpu import duo, overlap, smallgemm
+                                    run_tasks, single_threaded_blas, split_rows)
+from ..kernels.cpu import smallgemm
 from ..kernels.cpu.recurrence import (NO_PROGRESS, BackwardOut, BackwardWeights, Blocks,
                                       ForwardOut, ForwardWeights, Saved, StepInput,
                                       recurrence_backward, recurrence_forward, stack_x_hprev)
@@ -140,61 +140,6 @@ def fuse_dx(Bw, G, I, cfg=None):
 
 def _layer_flop(T, B, I, H, P, D, proj):
     return 2.0 * T * B * D * (4 * H * (I + P) + (H * P if proj else 0))
-
-
-def overlap_edges(T, B, I, H, P, D, proj, cfg):
-    """The chunks (recurrence steps) of a serial layer's backward whose weight-gradient GEMMs
-    run on a second core beside its recurrence (``kernels/cpu/overlap.py``;
-    ``CPUConfig.overlap_*``), or None: one direction, at least two threads, BLAS kept on the
-    calling thread (``_pin_serial``), and GEMMs large enough to gain."""
-    if D != 1 or not _pin_serial(_layer_flop(T, B, I, H, P, D, proj), cfg) \
-            or num_threads(cfg) < 2:
-        return None
-    n = min(cfg.overlap_chunks, T * B // max(1, cfg.overlap_min_rows), T)
-    if n < 2 or 2.0 * T * B * 4 * H * (2 * I + P) < cfg.overlap_min_flop or not can_pin():
-        return None
-    return np.array([T * j // n for j in range(n + 1)], np.int64)
-
-
-#: Pause loops the calling thread may wait for the other's chunk before the partner counts as
-#: busy (a chunk's GEMMs take ~10^3-10^4; a descheduled thread, a scheduler tick: ~10^5).
-OVERLAP_WAIT = 50_000
-
-
-def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, cfg):
-    """A serial direction's backward after its recurrence: ``run_rec(progress)`` runs the
-    recurrence, then ``dx = dg W_ih``, ``dw_ih = dg^T x``, ``dw_hh = dg^T hp`` (2-D, rows
-    (step, sequence)); with ``edges`` (:func:`overlap_edges`) the GEMMs run chunk by chunk on
-    both cores while the recurrence goes on: on the partner thread of the two-core path
-    (``kernels/cpu/duo.py``), or inside a framework's operators on its worker."""
-    if edges is None:
-        run_rec(NO_PROGRESS)
-        grad_gemms(dg, x, hp, w_ih, dx, dw_ih, dw_hh)
-        return
-    ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
-    args = (ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh)
-
-    def task(i):
-        if i == 0:
-            try:
-                run_rec(ctrl[overlap.PROGRESS:overlap.PROGRESS + 1])
-            except BaseException:
-                ctrl[overlap.PROGRESS] = edges[-1]  # release the other thread, then raise
-                raise
-        return overlap.grad_chunks(*args, i == 1) + overlap.await_chunks(ctrl, len(edges) - 1)
-
-    with single_threaded_blas():
-        if runner_set():  # a framework's thread team (fastlstm.torch): its worker helps
-            run_tasks(task, [(0,), (1,)])
-            return
-        partner = duo.partner(cfg.duo_spins)
-        posted = partner.offer(overlap.grad_chunks, args + (True,))
-        spins = 0
-        try:
-            spins = task(0)
-        finally:
-            if posted:  # a wait of more than a chunk's GEMMs: the second core was busy
-                partner.release(spins > OVERLAP_WAIT)
 
 
 def _run(fn, ctx, tasks, parallel):
@@ -464,9 +409,10 @@ def _backward_task(L: _BackwardLayer, i):
         hp = np.empty((T, B, P), dt)
         stack_x_hprev(np.empty((T, B, 0), dt), 0, sv.y, d * P, hk, L.lengths, d == 1, hp)
         dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
-        edges = overlap_edges(T, B, I_l, H, P, params.num_directions, has_proj, cfg)
-        recurrence_then_grads(rec, edges, d == 1, B, dg.reshape(rows, G), sv.x.reshape(rows, I_l),
-                              hp.reshape(rows, P), w_ih, dx2, dw_ih, dw_hh, cfg)
+        edges = cpu_overlap.backward_edges(T, B, I_l, H, P, params.num_directions, has_proj, cfg)
+        cpu_overlap.recurrence_then_grads(rec, edges, d == 1, B, dg.reshape(rows, G),
+                                          sv.x.reshape(rows, I_l), hp.reshape(rows, P), w_ih, dx2,
+                                          dw_ih, dw_hh, cfg)
     if not (whole or fuse):
         target[:, b0:b1] = dx2.reshape(T, Bw, I_l)
     dw_hr = None
@@ -537,5 +483,5 @@ def serial_plan(params, T, B, training, cfg):
     return cpu_serial.serial_plan(params, T, B, training, cfg)
 
 
-# the two-core path and the serial plans use the helpers above
-from . import cpu_duo, cpu_serial  # noqa: E402
+# the two-core paths and the serial plans use the helpers above
+from . import cpu_duo, cpu_overlap, cpu_serial  # noqa: E402

@@ -28,7 +28,7 @@ from ..kernels.cpu.pack import block_columns_into, transpose_into
 from ..kernels.cpu.parallel import matmul_into, matmul_tn_into, single_threaded_blas
 from ..kernels.cpu.recurrence import recurrence_backward, recurrence_forward, stack_x_hprev
 from ..kernels.cpu.smallgemm import aligned_empty
-from . import cpu, cpu_duo
+from . import cpu, cpu_duo, cpu_overlap
 from .cpu_layouts import _prepare, col_blocks
 from .state import LayerState, TrainingState
 
@@ -116,7 +116,7 @@ class SerialPlan:
         self._lock = threading.Lock()
         #: per step count: False (not serial) or each layer's BLAS pinning
         self.per_steps = {}
-        #: per step count: each layer's backward chunks (``cpu.overlap_edges``)
+        #: per step count: each layer's backward chunks (``cpu_overlap.backward_edges``)
         self.overlaps = {}
         #: (function, arguments): the copies that recompute the layouts from the parameters
         self._refills = []
@@ -275,8 +275,8 @@ class SerialPlan:
             if len(self.overlaps) >= _STEP_COUNTS_KEPT:
                 self.overlaps.clear()
             edges = self.overlaps[T] = [
-                cpu.overlap_edges(T, B, params.input_size if layer == 0 else D * P, H, P, D,
-                                  proj, self.cfg) for layer in range(L)]
+                cpu_overlap.backward_edges(T, B, params.input_size if layer == 0 else D * P, H, P,
+                                           D, proj, self.cfg) for layer in range(L)]
         dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
         per_layer = [None] * L
         dy_layer = np.ascontiguousarray(dy)
@@ -304,10 +304,10 @@ class SerialPlan:
                                             dh_n[k], dc_n[k], state.lengths, d == 1, w,
                                             (dg, dhp, 0, dh0[k], dc0[k], e3, db), blocks,
                                             progress)
-                    cpu.recurrence_then_grads(rec, edges[layer], d == 1, B, dg.reshape(rows, G),
-                                              sv.x.reshape(rows, I_l), hp.reshape(rows, P),
-                                              lay.w_ih[d], dxs[d].reshape(rows, I_l), dw_ih, dw_hh,
-                                              self.cfg)
+                    cpu_overlap.recurrence_then_grads(
+                        rec, edges[layer], d == 1, B, dg.reshape(rows, G), sv.x.reshape(rows, I_l),
+                        hp.reshape(rows, P), lay.w_ih[d], dxs[d].reshape(rows, I_l), dw_ih, dw_hh,
+                        self.cfg)
                     dw_hr = None
                     if proj:
                         hh = gates[:, :, 3 * H:] * np.tanh(cells)  # o * tanh(c); 0 padded

@@ -14,7 +14,8 @@ recurrence goes on.
 Control words (int64, one cache line each): ``ctrl[PROGRESS]`` the recurrence's steps done
 (its ``progress`` word), ``ctrl[CLAIM]`` the next job nobody has claimed (three per chunk:
 its ``dx`` rows, its share of ``dW_ih``, its share of ``dW_hh``), ``ctrl[ADDED_IH]``,
-``ctrl[ADDED_HH]`` the chunks added into each weight gradient, ``ctrl[DONE]`` the jobs done.
+``ctrl[ADDED_HH]`` the chunks added into each weight gradient, ``ctrl[DONE]`` the jobs done,
+``ctrl[HELPED]`` those the other thread did (written by it alone, read after ``DONE``).
 Both threads run :func:`grad_chunks` and claim jobs in order (a compare-and-swap): the other
 thread only jobs of chunks the recurrence has passed; the calling thread, after the
 recurrence, whatever is left. The weight gradients are added chunk after chunk by GEMMs with
@@ -37,10 +38,10 @@ from numba.np.linalg import ensure_blas, get_blas_kind
 from .atomics import atomic_cas, atomic_load, atomic_store, spin_pause, yield_cpu
 from .jit import jit
 
-__all__ = ["PROGRESS", "CLAIM", "CTRL_SIZE", "grad_chunks", "await_chunks", "gemm_tn"]
+__all__ = ["PROGRESS", "CLAIM", "HELPED", "CTRL_SIZE", "grad_chunks", "await_jobs", "gemm_tn"]
 
-PROGRESS, CLAIM, ADDED_IH, ADDED_HH, DONE = 0, 8, 16, 24, 32
-CTRL_SIZE = 40
+PROGRESS, CLAIM, ADDED_IH, ADDED_HH, DONE, HELPED = 0, 8, 16, 24, 32, 40
+CTRL_SIZE = 48
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -72,8 +73,8 @@ def gemm_tn(typingctx, a, b, c, beta):
         beta_slot = cgutils.alloca_once_value(builder, bval)
         ptr = [builder.bitcast(x.data, _voidp) for x in arrs]
         # column-major view: c^T (N, M) = b^T (N, K, as stored) times a (K, M: a^T as stored)
-        builder.call(fn, (ir.Constant(_char, ord(get_blas_kind(dtype))), ir.Constant(_char, ord("n")),
-                          ir.Constant(_char, ord("t")), N, M, K,
+        kind, notrans, trans = (ir.Constant(_char, ord(c)) for c in (get_blas_kind(dtype), "n", "t"))
+        builder.call(fn, (kind, notrans, trans, N, M, K,
                           builder.bitcast(alpha, _voidp), ptr[1], N, ptr[0], M,
                           builder.bitcast(beta_slot, _voidp), ptr[2], N))
         return context.get_dummy_value()
@@ -137,15 +138,17 @@ def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, help
             else:
                 gemm_tn(a, hp[r0:r1], dw_hh, beta)
             atomic_store(ctrl, word, j + 1)
+        if helper:
+            ctrl[HELPED] += 1
         _count(ctrl, DONE)
 
 
 @jit(**_OPTS)
-def await_chunks(ctrl, n):
-    """Spin until all jobs of the ``n`` chunks are done (the other thread may still be on its
-    last one); the pause loops it took."""
+def await_jobs(ctrl, jobs):
+    """Spin until ``jobs`` jobs are done (the other thread may still be on its last one); the
+    pause loops it took."""
     spins = 0
-    while atomic_load(ctrl, DONE) < 3 * n:
+    while atomic_load(ctrl, DONE) < jobs:
         spin_pause()
         spins += 1
     return spins

@@ -1,0 +1,86 @@
+"""A serial layer's backward on both cores (``kernels/cpu/overlap.py``).
+
+A serial layer (one direction, a few sequences) runs its backward recurrence on the calling
+thread; the ``dx``, ``dW_ih`` and ``dW_hh`` GEMMs of each chunk of steps run on the second core
+as soon as the recurrence has passed the chunk (:func:`recurrence_then_grads`).
+
+The second core is the partner thread of the two-core inference path (``kernels/cpu/duo.py``),
+or, inside ``fastlstm.torch``'s operators, the framework's own worker (``tasks_on``). Jobs are
+claimed, so a late or busy second core leaves them to the calling thread; a call in which the
+partner did none, or had the calling thread wait long, makes it back off as the two-core path
+does. Which thread did which job never changes a result (bitwise).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.cpu import duo, overlap
+from ..kernels.cpu.parallel import can_pin, grad_gemms, run_tasks, runner_set, single_threaded_blas
+from ..kernels.cpu.recurrence import NO_PROGRESS
+from . import cpu
+
+__all__ = ["backward_edges", "recurrence_then_grads"]
+
+#: Pause loops the calling thread may wait for the other's jobs before the partner counts as
+#: busy (a job takes ~10^3-10^4; a descheduled thread, a scheduler tick: ~10^5).
+OVERLAP_WAIT = 10_000
+
+
+def _two_cores(cfg) -> bool:
+    return cfg.overlap_chunks > 0 and cpu.num_threads(cfg) >= 2 and can_pin()
+
+
+def backward_edges(T, B, I, H, P, D, proj, cfg):
+    """The chunks (recurrence steps) of a serial layer's backward whose GEMMs run beside its
+    recurrence (``CPUConfig.overlap_*``), or None: one direction, BLAS kept on the calling
+    thread (``cpu._pin_serial``), at least two chunks and GEMMs large enough to gain."""
+    if D != 1 or not cpu._pin_serial(cpu._layer_flop(T, B, I, H, P, D, proj), cfg):
+        return None
+    n = min(cfg.overlap_chunks, T * B // max(1, cfg.overlap_min_rows), T)
+    if n < 2 or 2.0 * T * B * 4 * H * (2 * I + P) < cfg.overlap_min_flop or not _two_cores(cfg):
+        return None
+    return np.array([T * j // n for j in range(n + 1)], np.int64)
+
+
+def _share(kernel, args, jobs, cfg, first=None):
+    """``kernel(*args, helper)`` on the calling thread (``helper`` False, after ``first()``)
+    and on the second core (True), then wait until all ``jobs`` are done."""
+    ctrl = args[0]
+
+    def task(i):
+        if i == 0 and first is not None:
+            try:
+                first()
+            except BaseException:
+                ctrl[overlap.PROGRESS] = 1 << 62  # release the other thread, then raise
+                raise
+        return kernel(*args, i == 1) + overlap.await_jobs(ctrl, jobs)
+
+    with single_threaded_blas():
+        if runner_set():  # a framework's thread team (fastlstm.torch): its worker helps
+            run_tasks(task, [(0,), (1,)])
+            return
+        partner = duo.partner(cfg.duo_spins)
+        posted = partner.offer(kernel, args + (True,))
+        spins = 0
+        try:
+            spins = task(0)
+        finally:
+            if posted:  # no job done by the partner, or a wait longer than a job's: the
+                # second core was busy (or the jobs too short to share)
+                partner.release(spins > OVERLAP_WAIT or ctrl[overlap.HELPED] == 0)
+
+
+def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, cfg):
+    """A serial direction's backward: ``run_rec(progress)`` runs its recurrence, and
+    ``dx = dg W_ih``, ``dw_ih = dg^T x``, ``dw_hh = dg^T hp`` (2-D, rows (step, sequence))
+    follow it; with ``edges`` (:func:`backward_edges`) they run chunk by chunk on both cores
+    while the recurrence goes on."""
+    if edges is None:
+        run_rec(NO_PROGRESS)
+        grad_gemms(dg, x, hp, w_ih, dx, dw_ih, dw_hh)
+        return
+    ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
+    _share(overlap.grad_chunks, (ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh),
+           3 * (len(edges) - 1), cfg,
+           first=lambda: run_rec(ctrl[overlap.PROGRESS:overlap.PROGRESS + 1]))
