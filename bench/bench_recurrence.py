@@ -64,7 +64,7 @@ def test_recurrence_forward(benchmark, bench_timer, case, backend):
 
     def run_cpu():
         cpu_rec.recurrence_forward(step_input, weights, h0, c0, lengths, False, out, saved, False,
-                                   blocks)
+                                   blocks, cpu_rec.no_feed(dt))
         return y, h_n, c_n
 
     run = run_cpu if backend == "cpu" else run_reference

@@ -120,3 +120,43 @@ def test_a_failing_recurrence_raises_and_releases_the_other_thread(framework):
         partner = duo.partner(config.current("cpu").duo_spins)
         assert partner._busy.acquire(timeout=5)
         partner._busy.release()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_recurrence_fed_block_by_block_computes_every_block(dtype):
+    """The forward kernel given its input projection as a feed (nobody else computing it):
+    it computes each block as it reaches it, and gives what it gives on the projection
+    computed beforehand, with sequences that end early."""
+    from fastlstm.kernels.cpu import recurrence as rec
+    rng = np.random.default_rng(3)
+    T, B, I, H = 11, 3, 4, 5
+    G = 4 * H
+    x = rng.standard_normal((T * B, I)).astype(dtype)
+    w = (rng.standard_normal((I, G)) * 0.5).astype(dtype)
+    w_hh_t = (rng.standard_normal((1, H, G)) * 0.5).astype(dtype)
+    bias = rng.standard_normal(G).astype(dtype)
+    h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    lengths = np.array([11, 4, 7], np.int64)
+    e3 = np.empty((0, 0, 0), dtype)
+    edges = np.array([0, 2, 5, 9, 11], np.int64)
+
+    def forward(xg2, feed):
+        y = np.full((T, B, H), np.nan, dtype)
+        h_n, c_n = np.empty((B, H), dtype), np.empty((B, H), dtype)
+        gates, cs = np.empty((T, B, G), dtype), np.empty((T, B, H), dtype)
+        rec.recurrence_forward((xg2.reshape(T, B, G), 0, e3, e3, 0), (bias, w_hh_t, e3), h0, c0,
+                               lengths, False, (y, 0, 0, h_n, c_n), (gates, cs, e3), True,
+                               (B, B, 1), feed)
+        return y, h_n, c_n, gates, cs
+
+    want = forward(x @ w, rec.no_feed(dtype))
+    xg = np.full((T * B, G), np.nan, dtype)
+    ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
+    flags = np.zeros(4 * overlap.FLAG_STRIDE, np.int64)
+    got = forward(xg, (ctrl, flags, edges, x, w, xg))
+    assert flags[::overlap.FLAG_STRIDE].tolist() == [1, 1, 1, 1]
+    assert ctrl[overlap.CLAIM] == 4 and ctrl[overlap.HELPED] == 0
+    tol = dict(rtol=2e-6, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(xg, x @ w, **tol)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **tol)

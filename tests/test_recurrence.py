@@ -105,7 +105,8 @@ def test_recurrence_kernels_write_every_output(dtype, reverse, proj, lengths):
                                cpu_rec.ForwardWeights(bias, np.ascontiguousarray(w_hh.T)[None],
                                                       w_hr_tb),
                                h0, c0, lengths, reverse, cpu_rec.ForwardOut(y, d * P, 0, h_n, c_n),
-                               cpu_rec.Saved(gates, cs, e3), True, cpu_rec.Blocks(B, 3, 1))
+                               cpu_rec.Saved(gates, cs, e3), True, cpu_rec.Blocks(B, 3, 1),
+                               cpu_rec.no_feed(dtype))
     assert_unchanged(inputs, xg, w_hh, h0, c0, lengths)
     assert np.all(np.isnan(y[:, :, (1 - d) * P:(2 - d) * P]))  # the other direction's columns
     ours = y[:, :, d * P:(d + 1) * P]
@@ -272,7 +273,8 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
                                        cpu_rec.ForwardWeights(bias, w_hh_t, e3), h0[b0:b1],
                                        c0[b0:b1], lengths[b0:b1], reverse,
                                        cpu_rec.ForwardOut(y, 0, b0, h_n[b0:b1], c_n[b0:b1]),
-                                       cpu_rec.Saved(gates, cs, e3), True, cpu_rec.Blocks(B, B, 1))
+                                       cpu_rec.Saved(gates, cs, e3), True, cpu_rec.Blocks(B, B, 1),
+                                       cpu_rec.no_feed(dtype))
         return y, gates, cs, h_n, c_n
 
     def backward(spans, gates, cs, dy, w_ih_b=e3):
@@ -324,7 +326,8 @@ def test_recurrence_kernels_on_row_ranges(dtype, reverse):
                                    cpu_rec.ForwardWeights(bias, w_hh_t, e3), h0[b0:b1], c0[b0:b1],
                                    lengths[b0:b1], reverse,
                                    cpu_rec.ForwardOut(y, 0, b0, h_n[b0:b1], c_n[b0:b1]),
-                                   cpu_rec.Saved(gates, cs, xh), True, cpu_rec.Blocks(B, B, 2))
+                                   cpu_rec.Saved(gates, cs, xh), True, cpu_rec.Blocks(B, B, 2),
+                                   cpu_rec.no_feed(dtype))
         xhs.append(xh)
     assert_unchanged(inputs, x_pad, w_ih_tb, h0, c0, lengths)
     for a, b in zip((y, gates, cs, h_n, c_n), ref):

@@ -49,7 +49,7 @@ from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into,
                                     run_tasks, single_threaded_blas, split_rows)
 from ..kernels.cpu import smallgemm
 from ..kernels.cpu.recurrence import (NO_PROGRESS, BackwardOut, BackwardWeights, Blocks,
-                                      ForwardOut, ForwardWeights, Saved, StepInput,
+                                      ForwardOut, ForwardWeights, Saved, StepInput, no_feed,
                                       recurrence_backward, recurrence_forward, stack_x_hprev)
 from .compile_notice import announce_compiles
 from .cpu_layouts import _Prepared, _prepare, block_shape, col_blocks
@@ -211,6 +211,7 @@ class _ForwardLayer:
     c_n: np.ndarray
     dirs: list               # per direction (gates, cells), (0, 0, 0) arrays in inference
     training: bool
+    feed: Any = None         # serial path: the blocks xg_all is computed in as steps reach it
 
 
 def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
@@ -245,12 +246,19 @@ def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
     gates, cells = L.dirs[d]
     # plain tuples at the call: Numba types them in C (a namedtuple goes through Python's
     # typeof, ~60 us per call)
-    recurrence_forward(tuple(StepInput(xg, xg_off, x_in, w_ih_tb, row0)),
-                       tuple(ForwardWeights(prep.bias[d], w_hh_tb, w_hr_tb)),
-                       L.h0[k, b0:b1], L.c0[k, b0:b1], L.lengths[b0:b1], d == 1,
-                       tuple(ForwardOut(L.y, d * P, b0, L.h_n[k, b0:b1], L.c_n[k, b0:b1])),
-                       tuple(Saved(gates, cells, xh_out)), L.training,
-                       tuple(Blocks(mb_hh, mb_hr, mb_ih)))
+
+    def rec(feed):
+        recurrence_forward(tuple(StepInput(xg, xg_off, x_in, w_ih_tb, row0)),
+                           tuple(ForwardWeights(prep.bias[d], w_hh_tb, w_hr_tb)),
+                           L.h0[k, b0:b1], L.c0[k, b0:b1], L.lengths[b0:b1], d == 1,
+                           tuple(ForwardOut(L.y, d * P, b0, L.h_n[k, b0:b1], L.c_n[k, b0:b1])),
+                           tuple(Saved(gates, cells, xh_out)), L.training,
+                           tuple(Blocks(mb_hh, mb_hr, mb_ih)), feed)
+    if L.feed is None:
+        rec(no_feed(dt))
+    else:
+        cpu_overlap.recurrence_fed(rec, L.feed, L.layer_in.reshape(T * B, -1), prep.w_ih_cat_t,
+                                   L.xg_all.reshape(T * B, -1), B, cfg)
 
 
 def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, alloc=None):
@@ -282,7 +290,7 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
         tasks = plan_tasks(D, B, flop, cfg)
         parallel = tasks is not None
         pin = _NO_PIN
-        xg_all = empty3
+        xg_all, feed = empty3, None
         if not parallel:
             tasks = [(d, 0, B) for d in range(D)]
             pin = single_threaded_blas() if _pin_serial(flop, cfg) else _NO_PIN
@@ -296,8 +304,10 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
             # call of this backend goes to SciPy's OpenBLAS: two libraries' idle thread pools
             # spinning at once would fight over the cores (bench/NOTES.md, item 9).
             xg_all = workspace("xg", (T * B, D * 4 * H), dt)
-            with pin:
-                matmul_into(layer_in.reshape(T * B, -1), prep.w_ih_cat_t, xg_all)
+            feed = cpu_overlap.forward_edges(T, B, I, H, D, pin is not _NO_PIN, cfg)
+            if feed is None:  # else computed as the recurrence reaches it
+                with pin:
+                    matmul_into(layer_in.reshape(T * B, -1), prep.w_ih_cat_t, xg_all)
             xg_all = xg_all.reshape(T, B, D * 4 * H)
         y = new(f"y{layer}", (T, B, D * P))
         dirs = [(new(f"gates{layer}.{d}", (T, B, 4 * H)), new(f"cells{layer}.{d}", (T, B, H)))
@@ -308,7 +318,7 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
                   and D == 1)
         xhs = [np.empty((T, b1 - b0, I + P), dt) if own_xh else empty3 for _, b0, b1 in tasks]
         ctx = _ForwardLayer(cfg, params, layer, prep, layer_in, xg_all, parallel, h0, c0,
-                            lengths, y, h_n, c_n, dirs, training)
+                            lengths, y, h_n, c_n, dirs, training, feed)
         with pin:
             _run(_forward_task, ctx, [t + (xh,) for t, xh in zip(tasks, xhs)], parallel)
         paths.append("parallel" if parallel else "serial")

@@ -19,7 +19,7 @@ from ..kernels.cpu.parallel import can_pin, grad_gemms, run_tasks, runner_set, s
 from ..kernels.cpu.recurrence import NO_PROGRESS
 from . import cpu
 
-__all__ = ["backward_edges", "recurrence_then_grads"]
+__all__ = ["backward_edges", "recurrence_then_grads", "forward_edges", "recurrence_fed"]
 
 #: Pause loops the calling thread may wait for the other's jobs before the partner counts as
 #: busy (a job takes ~10^3-10^4; a descheduled thread, a scheduler tick: ~10^5).
@@ -84,3 +84,46 @@ def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih
     _share(overlap.grad_chunks, (ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh),
            3 * (len(edges) - 1), cfg,
            first=lambda: run_rec(ctrl[overlap.PROGRESS:overlap.PROGRESS + 1]))
+
+
+def forward_edges(T, B, I, H, D, pinned, cfg):
+    """The blocks (steps) in which a serial layer's forward computes its input projection as
+    its recurrence reaches them, one core computing ahead (``CPUConfig.overlap_*``), or None:
+    one direction, BLAS kept on the calling thread (``pinned``), at least two blocks and a
+    projection large enough to gain."""
+    if D != 1 or not pinned:
+        return None
+    n = min(cfg.overlap_chunks, T * B // max(1, cfg.overlap_min_rows), T)
+    if n < 2 or 2.0 * T * B * I * 4 * H < cfg.overlap_min_flop or not _two_cores(cfg):
+        return None
+    return np.array([T * j // n for j in range(n + 1)], np.int64)
+
+
+def recurrence_fed(run_rec, edges, x, w, xg, B, cfg):
+    """A serial direction's forward: ``run_rec(feed)`` runs its recurrence, which takes the
+    input projection ``xg = x @ w`` (2-D, rows (step, sequence)) block by block (``edges``,
+    :func:`forward_edges`) as it reaches them, while the second core computes the blocks
+    ahead."""
+    ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
+    flags = np.zeros((len(edges) - 1) * overlap.FLAG_STRIDE, np.int64)
+    args = (ctrl, flags, edges, B, x, w, xg)
+    feed = (ctrl, flags, edges, x, w, xg)
+
+    def task(i):
+        if i == 0:
+            run_rec(feed)
+            return int(ctrl[overlap.WAITS])
+        return overlap.feed_blocks(*args, True)
+
+    with single_threaded_blas():
+        if runner_set():  # a framework's thread team (fastlstm.torch): its worker helps
+            run_tasks(task, [(0,), (1,)])
+            return
+        partner = duo.partner(cfg.duo_spins)
+        posted = partner.offer(overlap.feed_blocks, args + (True,))
+        waits = 0
+        try:
+            waits = task(0)
+        finally:
+            if posted:  # a partner that came too late cost nothing here: only a long wait
+                partner.release(waits > OVERLAP_WAIT)

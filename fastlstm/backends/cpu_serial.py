@@ -26,7 +26,8 @@ import numpy as np
 
 from ..kernels.cpu.pack import block_columns_into, transpose_into
 from ..kernels.cpu.parallel import matmul_into, matmul_tn_into, single_threaded_blas
-from ..kernels.cpu.recurrence import recurrence_backward, recurrence_forward, stack_x_hprev
+from ..kernels.cpu.recurrence import (no_feed, recurrence_backward, recurrence_forward,
+                                      stack_x_hprev)
 from ..kernels.cpu.smallgemm import aligned_empty
 from . import cpu, cpu_duo, cpu_overlap
 from .cpu_layouts import _prepare, col_blocks
@@ -116,8 +117,9 @@ class SerialPlan:
         self._lock = threading.Lock()
         #: per step count: False (not serial) or each layer's BLAS pinning
         self.per_steps = {}
-        #: per step count: each layer's backward chunks (``cpu_overlap.backward_edges``)
-        self.overlaps = {}
+        #: per step count: each layer's backward chunks (``cpu_overlap.backward_edges``) and
+        #: forward blocks (``cpu_overlap.forward_edges``)
+        self.overlaps, self.feeds = {}, {}
         #: (function, arguments): the copies that recompute the layouts from the parameters
         self._refills = []
         self.layers = None
@@ -216,6 +218,13 @@ class SerialPlan:
         dt, e3, G = params.dtype, self._e3, 4 * params.hidden_size
         if lengths is None:
             lengths = np.full(B, T, np.int64)
+        feeds = self.feeds.get(T)
+        if feeds is None:
+            if len(self.feeds) >= _STEP_COUNTS_KEPT:
+                self.feeds.clear()
+            feeds = self.feeds[T] = [
+                cpu_overlap.forward_edges(T, B, params.input_size if layer == 0 else D * P, H, D,
+                                          pins[layer] is not None, self.cfg) for layer in range(L)]
         h_n = np.empty((L * D, B, P), dt)
         c_n = np.empty((L * D, B, H), dt)
         layer_in, saved = x, []
@@ -223,16 +232,26 @@ class SerialPlan:
             y = aligned_empty((T, B, D * P), dt)
             gates, cells = [], []
             with pins[layer]() if pins[layer] else cpu._NO_PIN:
-                xg = cpu.workspace("xg", (T * B, D * G), dt)
-                matmul_into(layer_in.reshape(T * B, -1), lay.w_ih_cat_t, xg)
-                xg = xg.reshape(T, B, D * G)
+                xg2 = cpu.workspace("xg", (T * B, D * G), dt)
+                x2 = layer_in.reshape(T * B, -1)
+                feed = feeds[layer]
+                if feed is None:  # else computed as the recurrence reaches it
+                    matmul_into(x2, lay.w_ih_cat_t, xg2)
+                xg = xg2.reshape(T, B, D * G)
                 for d in range(D):
                     k = layer * D + d
                     g, c = (aligned_empty((T, B, G), dt), aligned_empty((T, B, H), dt)) \
                         if training else (e3, e3)
-                    recurrence_forward((xg, d * G, e3, e3, 0), lay.forward_w[d], h0[k], c0[k],
-                                       lengths, d == 1, (y, d * P, 0, h_n[k], c_n[k]),
-                                       (g, c, e3), training, lay.forward_blocks[d])
+
+                    def rec(fed):
+                        recurrence_forward((xg, d * G, e3, e3, 0), lay.forward_w[d], h0[k],
+                                           c0[k], lengths, d == 1, (y, d * P, 0, h_n[k], c_n[k]),
+                                           (g, c, e3), training, lay.forward_blocks[d], fed)
+                    if feed is None:
+                        rec(no_feed(dt))
+                    else:
+                        cpu_overlap.recurrence_fed(rec, feed, x2, lay.w_ih_cat_t, xg2, B,
+                                                   self.cfg)
                     gates.append(g)
                     cells.append(c)
             if training:

@@ -38,10 +38,13 @@ from numba.np.linalg import ensure_blas, get_blas_kind
 from .atomics import atomic_cas, atomic_load, atomic_store, spin_pause, yield_cpu
 from .jit import jit
 
-__all__ = ["PROGRESS", "CLAIM", "HELPED", "CTRL_SIZE", "grad_chunks", "await_jobs", "gemm_tn"]
+__all__ = ["PROGRESS", "CLAIM", "HELPED", "WAITS", "CTRL_SIZE", "FLAG_STRIDE", "grad_chunks",
+           "await_jobs", "feed_blocks", "need_block", "gemm_tn"]
 
-PROGRESS, CLAIM, ADDED_IH, ADDED_HH, DONE, HELPED = 0, 8, 16, 24, 32, 40
-CTRL_SIZE = 48
+PROGRESS, CLAIM, ADDED_IH, ADDED_HH, DONE, HELPED, WAITS = 0, 8, 16, 24, 32, 40, 48
+CTRL_SIZE = 56
+#: Words per block in a feed's ``flags`` (one cache line each).
+FLAG_STRIDE = 8
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -151,4 +154,51 @@ def await_jobs(ctrl, jobs):
     while atomic_load(ctrl, DONE) < jobs:
         spin_pause()
         spins += 1
+    return spins
+
+
+# ---------------------------------------------------------------------------- the forward's feed
+# A serial layer's forward needs step t's input projection xg[t] = x[t] W_ih^T only at step t.
+# The projection is cut into blocks of steps (``edges``); the recurrence asks for each block as
+# it reaches it (:func:`need_block`, which computes it on the spot when nobody has claimed it)
+# while the other core computes the blocks ahead (:func:`feed_blocks`). ``flags[k *
+# FLAG_STRIDE]`` is 1 once block k is written; ``ctrl[CLAIM]`` the next block nobody has claimed.
+
+
+@jit(**_OPTS)
+def _feed_block(ctrl, flags, edges, B, x, w, out, k, helper):
+    r0, r1 = edges[k] * B, edges[k + 1] * B
+    np.dot(x[r0:r1], w, out[r0:r1])
+    if helper:
+        ctrl[HELPED] += 1  # before the flag: whoever sees the flag sees the count
+    atomic_store(flags, k * FLAG_STRIDE, 1)
+
+
+@jit(**_OPTS)
+def feed_blocks(ctrl, flags, edges, B, x, w, out, helper):
+    """Claim blocks of steps in order until none is left and compute them: block ``k`` is
+    ``out[r] = x[r] @ w`` for the rows ``r`` (step, sequence) of steps ``edges[k] <= t <
+    edges[k+1]``. The ``helper`` counts its blocks in ``ctrl[HELPED]``; returns 0."""
+    n = edges.shape[0] - 1
+    while True:
+        k = atomic_load(ctrl, CLAIM)
+        if k >= n:
+            return 0
+        if atomic_cas(ctrl, CLAIM, k, k + 1):
+            _feed_block(ctrl, flags, edges, B, x, w, out, k, helper)
+
+
+@jit(**_OPTS)
+def need_block(ctrl, flags, edges, B, x, w, out, k):
+    """Block ``k`` written: computed here, with every unclaimed block before it, or, where the
+    other thread has claimed it, waited for; the pause loops waited."""
+    spins = 0
+    while atomic_load(flags, k * FLAG_STRIDE) == 0:
+        c = atomic_load(ctrl, CLAIM)
+        if c <= k:
+            if atomic_cas(ctrl, CLAIM, c, c + 1):
+                _feed_block(ctrl, flags, edges, B, x, w, out, c, False)
+        else:
+            spin_pause()
+            spins += 1
     return spins

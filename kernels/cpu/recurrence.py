@@ -32,12 +32,31 @@ from .jit import jit
 
 from .activations import half_like, one_like, tanh_row
 from .atomics import atomic_store
+from .overlap import WAITS, need_block
 from .smallgemm import micro_dot
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 #: ``recurrence_backward``'s ``progress`` when nobody reads it.
 NO_PROGRESS = np.zeros(0, np.int64)
+
+#: ``recurrence_forward``'s input projection fed in blocks as the steps reach them
+#: (``kernels/cpu/overlap.py``): the control words and flags, the blocks' edges (steps), and
+#: ``x`` (T*B, I), ``w`` (I, 4H) and ``xg`` (T*B, 4H): 2-D views, ``xg`` the memory of
+#: ``StepInput.xg``. Off: ``ctrl`` has no entries.
+Feed = namedtuple("Feed", ["ctrl", "flags", "edges", "x", "w", "xg"])
+
+_no_feed = {}
+
+
+def no_feed(dtype):
+    """The :data:`Feed` that is off, for kernels of ``dtype`` (a plain tuple)."""
+    dtype = np.dtype(dtype)
+    f = _no_feed.get(dtype)
+    if f is None:
+        e2 = np.zeros((0, 0), dtype)
+        f = _no_feed[dtype] = (NO_PROGRESS, NO_PROGRESS, NO_PROGRESS, e2, e2, e2)
+    return f
 
 # The kernels' grouped arguments, passed as plain tuples in these layouts (Numba types a plain
 # tuple in C; a namedtuple would cost a Python-level typeof on every call). An optional part
@@ -178,7 +197,7 @@ def _active_rows(sorted_len, n_act, t):
 
 
 @jit(**_OPTS)
-def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, blocks):
+def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, blocks, feed):
     """Forward through one direction of one layer for B = ``h0.shape[0]`` sequences.
 
     ``inp`` (:data:`StepInput`): the input projection, precomputed or per step (each step
@@ -194,8 +213,15 @@ def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, b
     (0, 0, 0) array receives each step's ``[x_t | h_prev]`` rows (rows from 0): the operand of
     the weight-gradient GEMM (``stack_x_hprev``'s layout), written while the rows are in cache.
     On padded steps the x part is 0 and the h part the state held then (the final state
-    going forward, h0 in reverse): finite, and their gate gradients are 0."""
+    going forward, h0 in reverse): finite, and their gate gradients are 0.
+
+    With a ``feed`` (:data:`Feed`; forward in time only), ``xg`` is written block by block as
+    the steps reach it, here or by another thread (the pause loops waited for it are added to
+    ``feed.ctrl[WAITS]``)."""
     xg, xg_off, x_in, w_ih_tb, xb0 = inp
+    f_ctrl, f_flags, f_edges, f_x, f_w, f_xg = feed
+    feeding = f_ctrl.shape[0] > 0
+    fk = 0  # the next block of the feed not yet known to be written
     bias, w_hh_tb, w_hr_tb = w
     y, y_off, b0, h_n, c_n = out
     gates_out, c_out, xh_out = saved
@@ -244,6 +270,9 @@ def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, b
                 else:
                     row[:I] = 0.0
                 row[I:] = h[i]  # the state this step reads
+        while feeding and fk < f_edges.shape[0] - 1 and f_edges[fk] <= t:
+            f_ctrl[WAITS] += need_block(f_ctrl, f_flags, f_edges, B, f_x, f_w, f_xg, fk)
+            fk += 1
         for i in range(n_act):
             b = order[i]
             xb = xz[i] if I else xg[t, xb0 + b, xg_off:xg_off + G]
