@@ -35,11 +35,13 @@ class CPUConfig:
     micro_max_rows: int = 1
     micro_max_bytes: int = 1 << 20
     #: Inference layers of at most this many sequences (one direction, no projection, equal
-    #: lengths, at least ``duo_min_steps`` steps, ``duo_min_hidden`` units and at most
-    #: ``duo_max_bytes`` of weights) run on two cores split by hidden units, the second core
-    #: claiming its half of each step (``kernels/cpu/duo.py``; bench/NOTES.md, "Two cores at
-    #: batch 1-4": the per-step exchange costs ~0.4 us, more than a half step saves below
-    #: H = 128). 0: never.
+    #: lengths, at least ``duo_min_steps`` steps, ``duo_min_hidden`` units per sequence and at
+    #: most ``duo_max_bytes`` of weights) run on two cores split by hidden units, the second
+    #: core claiming its half of each step (``kernels/cpu/duo.py``; bench/NOTES.md, "Two cores
+    #: at batch 1-4": the per-step exchange costs ~0.4 us, more than a half step saves below
+    #: H = 128; "Both cores on the serial path": from 2 sequences at H = 128 the serial path
+    #: with its input projection computed ahead on the other core is as fast or faster).
+    #: 0: never.
     duo_max_rows: int = 4
     duo_min_steps: int = 16
     duo_min_hidden: int = 128

@@ -2,9 +2,10 @@
 layers take it, their weights in the halves' layouts, and one layer's call.
 
 A layer of at most ``CPUConfig.duo_max_rows`` sequences (one direction, no projection, equal
-lengths, ``duo_min_steps`` steps or more, ``duo_min_hidden`` units or more, weights within
-``duo_max_bytes``, inference, two threads or more) is split by hidden units: the calling thread
-computes half of each step and a partner thread the other half (bench/NOTES.md, "Few rows").
+lengths, ``duo_min_steps`` steps or more, ``duo_min_hidden`` units per sequence or more,
+weights within ``duo_max_bytes``, inference, two threads or more) is split by hidden units: the
+calling thread computes half of each step and a partner thread the other half (bench/NOTES.md,
+"Few rows").
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def eligible(params, T, B, I, lengths, training, cfg) -> bool:
     H = params.hidden_size
     return (not training and params.num_directions == 1 and params.proj_size == 0
             and 0 < B <= cfg.duo_max_rows and T >= cfg.duo_min_steps
-            and H >= cfg.duo_min_hidden and num_threads(cfg) >= 2
+            and H >= cfg.duo_min_hidden * B and num_threads(cfg) >= 2
             and 4 * H * (I + H) * params.dtype.itemsize <= cfg.duo_max_bytes
             and not numba.config.DISABLE_JIT and bool((lengths == T).all()))
 
