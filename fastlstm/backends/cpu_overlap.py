@@ -12,6 +12,8 @@ does. Which thread did which job never changes a result (bitwise).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..kernels.cpu import duo, overlap
@@ -24,6 +26,11 @@ __all__ = ["backward_edges", "recurrence_then_grads", "forward_edges", "recurren
 #: Pause loops the calling thread may wait for the other's jobs before the partner counts as
 #: busy (a job takes ~10^3-10^4; a descheduled thread, a scheduler tick: ~10^5).
 OVERLAP_WAIT = 10_000
+#: The share of a core below which the calling thread counts as starved over a call (idle:
+#: 0.99 and more, now and then 0.8-0.9; beside one busy process 0.35-0.85); two such calls in
+#: a row back the partner off.
+STARVED = 0.8
+_starved = [0]  # such calls in a row (a race between threads only miscounts one)
 
 
 def _two_cores(cfg) -> bool:
@@ -42,9 +49,15 @@ def backward_edges(T, B, I, H, P, D, proj, cfg):
     return np.array([T * j // n for j in range(n + 1)], np.int64)
 
 
-def _share(kernel, args, jobs, cfg, first=None):
+def _share(kernel, args, jobs, cfg, first=None, late_ok=False):
     """``kernel(*args, helper)`` on the calling thread (``helper`` False, after ``first()``)
-    and on the second core (True), then wait until all ``jobs`` are done."""
+    and on the second core (True), then wait until all ``jobs`` are done (``ctrl[DONE]``).
+
+    The partner backs off (``duo.Partner.release``) after a call in which the calling thread
+    waited long for it, after the second call in a row in which the calling thread got less
+    than ``STARVED`` of a core (another process took turns with it: the partner's work then
+    costs the calling thread its core), or, unless ``late_ok``, after a call in which the
+    partner found no job left to do."""
     ctrl = args[0]
 
     def task(i):
@@ -62,13 +75,15 @@ def _share(kernel, args, jobs, cfg, first=None):
             return
         partner = duo.partner(cfg.duo_spins)
         posted = partner.offer(kernel, args + (True,))
-        spins = 0
+        spins, wall, cpu_time = 0, time.perf_counter(), time.thread_time()
         try:
-            spins = task(0)
+            spins = task(0) + int(ctrl[overlap.WAITS])
         finally:
-            if posted:  # no job done by the partner, or a wait longer than a job's: the
-                # second core was busy (or the jobs too short to share)
-                partner.release(spins > OVERLAP_WAIT or ctrl[overlap.HELPED] == 0)
+            if posted:
+                starved = time.thread_time() - cpu_time < STARVED * (time.perf_counter() - wall)
+                _starved[0] = _starved[0] + 1 if starved else 0
+                partner.release(spins > OVERLAP_WAIT or _starved[0] >= 2
+                                or (not late_ok and ctrl[overlap.HELPED] == 0))
 
 
 def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, cfg):
@@ -103,27 +118,8 @@ def recurrence_fed(run_rec, edges, x, w, xg, B, cfg):
     """A serial direction's forward: ``run_rec(feed)`` runs its recurrence, which takes the
     input projection ``xg = x @ w`` (2-D, rows (step, sequence)) block by block (``edges``,
     :func:`forward_edges`) as it reaches them, while the second core computes the blocks
-    ahead."""
+    ahead (a partner that comes late costs nothing: the recurrence computes what is left)."""
     ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
     flags = np.zeros((len(edges) - 1) * overlap.FLAG_STRIDE, np.int64)
-    args = (ctrl, flags, edges, B, x, w, xg)
-    feed = (ctrl, flags, edges, x, w, xg)
-
-    def task(i):
-        if i == 0:
-            run_rec(feed)
-            return int(ctrl[overlap.WAITS])
-        return overlap.feed_blocks(*args, True)
-
-    with single_threaded_blas():
-        if runner_set():  # a framework's thread team (fastlstm.torch): its worker helps
-            run_tasks(task, [(0,), (1,)])
-            return
-        partner = duo.partner(cfg.duo_spins)
-        posted = partner.offer(overlap.feed_blocks, args + (True,))
-        waits = 0
-        try:
-            waits = task(0)
-        finally:
-            if posted:  # a partner that came too late cost nothing here: only a long wait
-                partner.release(waits > OVERLAP_WAIT)
+    _share(overlap.feed_blocks, (ctrl, flags, edges, B, x, w, xg), len(edges) - 1, cfg,
+           first=lambda: run_rec((ctrl, flags, edges, x, w, xg)), late_ok=True)

@@ -172,6 +172,7 @@ def _feed_block(ctrl, flags, edges, B, x, w, out, k, helper):
     if helper:
         ctrl[HELPED] += 1  # before the flag: whoever sees the flag sees the count
     atomic_store(flags, k * FLAG_STRIDE, 1)
+    _count(ctrl, DONE)
 
 
 @jit(**_OPTS)
