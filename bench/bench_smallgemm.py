@@ -12,7 +12,7 @@ import pytest
 from numba import njit
 
 from fastlstm.backends.cpu_layouts import _blocked, _tile_width
-from fastlstm.kernels.cpu.recurrence import _bdot
+from fastlstm.kernels.cpu.smallgemm import bdot as _bdot
 from fastlstm.kernels.cpu.smallgemm import aligned_empty
 
 STEPS = 200

@@ -5,6 +5,7 @@ recurrence fails."""
 import numpy as np
 import pytest
 
+import fastlstm
 from fastlstm import config
 from fastlstm.backends import cpu_overlap
 from fastlstm.kernels.cpu import duo, overlap
@@ -107,9 +108,11 @@ def test_a_failing_recurrence_raises_and_releases_the_other_thread(framework):
     def fails(progress):
         raise RuntimeError("recurrence failed")
 
+    params = fastlstm.LSTMParams.init(I, H, dtype=dt)
+
     def call():
-        cpu_overlap.recurrence_then_grads(fails, edges, False, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh,
-                                  config.CPUConfig(threads=2))
+        cpu_overlap.recurrence_then_grads(fails, edges, params, 0, 0, B, dg, x, hp, w_ih, dx,
+                                          dw_ih, dw_hh, config.CPUConfig(threads=2))
     if framework:
         with tasks_on(lambda fn, tasks: [fn(*t) for t in tasks]), \
                 pytest.raises(RuntimeError, match="recurrence failed"):
@@ -124,9 +127,10 @@ def test_a_failing_recurrence_raises_and_releases_the_other_thread(framework):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_recurrence_fed_block_by_block_computes_every_block(dtype):
-    """The forward kernel given its input projection as a feed (nobody else computing it):
-    it computes each block as it reaches it, and gives what it gives on the projection
-    computed beforehand, with sequences that end early."""
+    """The forward kernel given its input projection as a feed (nobody else computing it; the
+    weights in column blocks, rows in chunks): it computes each block as it reaches it, and
+    gives what it gives on the projection computed beforehand, with sequences that end
+    early."""
     from fastlstm.kernels.cpu import recurrence as rec
     rng = np.random.default_rng(3)
     T, B, I, H = 11, 3, 4, 5
@@ -153,9 +157,10 @@ def test_the_recurrence_fed_block_by_block_computes_every_block(dtype):
     xg = np.full((T * B, G), np.nan, dtype)
     ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
     flags = np.zeros(4 * overlap.FLAG_STRIDE, np.int64)
-    got = forward(xg, (ctrl, flags, edges, x, w, xg))
+    wb = np.ascontiguousarray(w.reshape(I, 2, G // 2).transpose(1, 0, 2))  # 2 column blocks
+    got = forward(xg, (ctrl, flags, edges, x, wb, 2, xg))  # in chunks of 2 rows
     assert flags[::overlap.FLAG_STRIDE].tolist() == [1, 1, 1, 1]
-    assert ctrl[overlap.CLAIM] == 4 and ctrl[overlap.HELPED] == 0
+    assert ctrl[overlap.CLAIM] == ctrl[overlap.DONE] == 4 and ctrl[overlap.HELPED] == 0
     tol = dict(rtol=2e-6, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(xg, x @ w, **tol)
     for a, b in zip(got, want):

@@ -257,8 +257,8 @@ def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
     if L.feed is None:
         rec(no_feed(dt))
     else:
-        cpu_overlap.recurrence_fed(rec, L.feed, L.layer_in.reshape(T * B, -1), prep.w_ih_cat_t,
-                                   L.xg_all.reshape(T * B, -1), B, cfg)
+        cpu_overlap.recurrence_fed(rec, L.feed, params, L.layer, L.layer_in.reshape(T * B, -1),
+                                   prep.w_ih_cat_t, L.xg_all.reshape(T * B, -1), B, cfg)
 
 
 def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, alloc=None):
@@ -420,7 +420,7 @@ def _backward_task(L: _BackwardLayer, i):
         stack_x_hprev(np.empty((T, B, 0), dt), 0, sv.y, d * P, hk, L.lengths, d == 1, hp)
         dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
         edges = cpu_overlap.backward_edges(T, B, I_l, H, P, params.num_directions, has_proj, cfg)
-        cpu_overlap.recurrence_then_grads(rec, edges, d == 1, B, dg.reshape(rows, G),
+        cpu_overlap.recurrence_then_grads(rec, edges, params, L.layer, d, B, dg.reshape(rows, G),
                                           sv.x.reshape(rows, I_l), hp.reshape(rows, P), w_ih, dx2,
                                           dw_ih, dw_hh, cfg)
     if not (whole or fuse):

@@ -20,6 +20,7 @@ from ..kernels.cpu import duo, overlap
 from ..kernels.cpu.parallel import can_pin, grad_gemms, run_tasks, runner_set, single_threaded_blas
 from ..kernels.cpu.recurrence import NO_PROGRESS
 from . import cpu
+from .cpu_layouts import col_blocks
 
 __all__ = ["backward_edges", "recurrence_then_grads", "forward_edges", "recurrence_fed"]
 
@@ -86,17 +87,20 @@ def _share(kernel, args, jobs, cfg, first=None, late_ok=False):
                                 or (not late_ok and ctrl[overlap.HELPED] == 0))
 
 
-def recurrence_then_grads(run_rec, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, cfg):
-    """A serial direction's backward: ``run_rec(progress)`` runs its recurrence, and
-    ``dx = dg W_ih``, ``dw_ih = dg^T x``, ``dw_hh = dg^T hp`` (2-D, rows (step, sequence))
-    follow it; with ``edges`` (:func:`backward_edges`) they run chunk by chunk on both cores
-    while the recurrence goes on."""
+def recurrence_then_grads(run_rec, edges, params, layer, d, B, dg, x, hp, w_ih, dx, dw_ih,
+                          dw_hh, cfg):
+    """A serial direction's backward (layer ``layer``, direction ``d``): ``run_rec(progress)``
+    runs its recurrence, and ``dx = dg W_ih``, ``dw_ih = dg^T x``, ``dw_hh = dg^T hp`` (2-D,
+    rows (step, sequence)) follow it; with ``edges`` (:func:`backward_edges`) they run chunk by
+    chunk on both cores while the recurrence goes on."""
     if edges is None:
         run_rec(NO_PROGRESS)
         grad_gemms(dg, x, hp, w_ih, dx, dw_ih, dw_hh)
         return
+    wb, mb = col_blocks(params, ("w_ih", layer, d), w_ih, int(np.max(np.diff(edges))) * B,
+                        False, cfg)
     ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
-    _share(overlap.grad_chunks, (ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh),
+    _share(overlap.grad_chunks, (ctrl, edges, d == 1, B, dg, x, hp, wb, mb, dx, dw_ih, dw_hh),
            3 * (len(edges) - 1), cfg,
            first=lambda: run_rec(ctrl[overlap.PROGRESS:overlap.PROGRESS + 1]))
 
@@ -114,12 +118,15 @@ def forward_edges(T, B, I, H, D, pinned, cfg):
     return np.array([T * j // n for j in range(n + 1)], np.int64)
 
 
-def recurrence_fed(run_rec, edges, x, w, xg, B, cfg):
+def recurrence_fed(run_rec, edges, params, layer, x, w, xg, B, cfg):
     """A serial direction's forward: ``run_rec(feed)`` runs its recurrence, which takes the
-    input projection ``xg = x @ w`` (2-D, rows (step, sequence)) block by block (``edges``,
-    :func:`forward_edges`) as it reaches them, while the second core computes the blocks
-    ahead (a partner that comes late costs nothing: the recurrence computes what is left)."""
+    input projection ``xg = x @ w`` (2-D, rows (step, sequence); ``w`` layer ``layer``'s
+    ``W_ih^T``) block by block (``edges``, :func:`forward_edges`) as it reaches them, while the
+    second core computes the blocks ahead (a partner that comes late costs nothing: the
+    recurrence computes what is left)."""
+    rows = int(np.max(np.diff(edges))) * B
+    wb, mb = col_blocks(params, ("w_ih_t", layer, 0), w, rows, False, cfg)
     ctrl = np.zeros(overlap.CTRL_SIZE, np.int64)
     flags = np.zeros((len(edges) - 1) * overlap.FLAG_STRIDE, np.int64)
-    _share(overlap.feed_blocks, (ctrl, flags, edges, B, x, w, xg), len(edges) - 1, cfg,
-           first=lambda: run_rec((ctrl, flags, edges, x, w, xg)), late_ok=True)
+    _share(overlap.feed_blocks, (ctrl, flags, edges, B, x, wb, mb, xg), len(edges) - 1, cfg,
+           first=lambda: run_rec((ctrl, flags, edges, x, wb, mb, xg)), late_ok=True)

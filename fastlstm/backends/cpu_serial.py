@@ -250,8 +250,8 @@ class SerialPlan:
                     if feed is None:
                         rec(no_feed(dt))
                     else:
-                        cpu_overlap.recurrence_fed(rec, feed, x2, lay.w_ih_cat_t, xg2, B,
-                                                   self.cfg)
+                        cpu_overlap.recurrence_fed(rec, feed, params, layer, x2, lay.w_ih_cat_t,
+                                                   xg2, B, self.cfg)
                     gates.append(g)
                     cells.append(c)
             if training:
@@ -324,9 +324,9 @@ class SerialPlan:
                                             (dg, dhp, 0, dh0[k], dc0[k], e3, db), blocks,
                                             progress)
                     cpu_overlap.recurrence_then_grads(
-                        rec, edges[layer], d == 1, B, dg.reshape(rows, G), sv.x.reshape(rows, I_l),
-                        hp.reshape(rows, P), lay.w_ih[d], dxs[d].reshape(rows, I_l), dw_ih, dw_hh,
-                        self.cfg)
+                        rec, edges[layer], params, layer, d, B, dg.reshape(rows, G),
+                        sv.x.reshape(rows, I_l), hp.reshape(rows, P), lay.w_ih[d],
+                        dxs[d].reshape(rows, I_l), dw_ih, dw_hh, self.cfg)
                     dw_hr = None
                     if proj:
                         hh = gates[:, :, 3 * H:] * np.tanh(cells)  # o * tanh(c); 0 padded

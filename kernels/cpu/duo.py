@@ -56,7 +56,7 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _product(a, wb, z):
     """``z += a @ W`` where ``wb`` (n, K, width) holds W's column blocks."""
     nb = wb.shape[2]
-    av = a[:, :a.shape[1]]  # one layout for every caller (and _bdot's): the tiles compile once
+    av = a[:, :a.shape[1]]  # one layout for every caller (and bdot's): the tiles compile once
     for i in range(wb.shape[0]):
         micro_dot(av, wb[i], z, i * nb, i >= 0)  # True, as a runtime bool (not a literal)
 

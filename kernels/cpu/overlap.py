@@ -37,9 +37,10 @@ from numba.np.linalg import ensure_blas, get_blas_kind
 
 from .atomics import atomic_cas, atomic_load, atomic_store, spin_pause, yield_cpu
 from .jit import jit
+from .smallgemm import bdot
 
-__all__ = ["PROGRESS", "CLAIM", "HELPED", "WAITS", "CTRL_SIZE", "FLAG_STRIDE", "grad_chunks",
-           "await_jobs", "feed_blocks", "need_block", "gemm_tn"]
+__all__ = ["PROGRESS", "CLAIM", "DONE", "HELPED", "WAITS", "CTRL_SIZE", "FLAG_STRIDE",
+           "grad_chunks", "await_jobs", "feed_blocks", "need_block", "gemm_tn"]
 
 PROGRESS, CLAIM, ADDED_IH, ADDED_HH, DONE, HELPED, WAITS = 0, 8, 16, 24, 32, 40, 48
 CTRL_SIZE = 56
@@ -94,9 +95,10 @@ def _count(ctrl, word):
 
 
 @jit(**_OPTS)
-def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, helper):
+def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, wb, mb, dx, dw_ih, dw_hh, helper):
     """Claim jobs in order and do them; chunk ``j`` (recurrence steps ``[edges[j],
-    edges[j+1])``) has three: job ``3j`` its rows of ``dx = dg @ w_ih``, job ``3j + 1``
+    edges[j+1])``) has three: job ``3j`` its rows of ``dx = dg @ W_ih`` (``wb``: W_ih's column
+    blocks, rows in chunks of ``mb``, as :func:`bdot` takes them), job ``3j + 1``
     ``dg^T x`` added into ``dw_ih``, job ``3j + 2`` ``dg^T hp`` added into ``dw_hh`` (over its
     rows; chunk 0 sets them, and chunk j adds only after chunk j - 1 has). ``dg`` (T*B, 4H),
     ``x`` (T*B, I), ``hp`` (T*B, P), ``dx`` (T*B, I): rows are (step, sequence); the
@@ -129,7 +131,8 @@ def grad_chunks(ctrl, edges, reverse, B, dg, x, hp, w_ih, dx, dw_ih, dw_hh, help
         a = dg[r0:r1]
         kind = k - 3 * j
         if kind == 0:
-            np.dot(a, w_ih, dx[r0:r1])
+            zp = np.empty((wb.shape[0], r1 - r0, wb.shape[2]), dtype=dx.dtype)
+            bdot(a, wb, zp, dx[r0:r1], mb)
         else:
             word = ADDED_IH if kind == 1 else ADDED_HH
             while atomic_load(ctrl, word) < j:
@@ -161,14 +164,16 @@ def await_jobs(ctrl, jobs):
 # A serial layer's forward needs step t's input projection xg[t] = x[t] W_ih^T only at step t.
 # The projection is cut into blocks of steps (``edges``); the recurrence asks for each block as
 # it reaches it (:func:`need_block`, which computes it on the spot when nobody has claimed it)
-# while the other core computes the blocks ahead (:func:`feed_blocks`). ``flags[k *
-# FLAG_STRIDE]`` is 1 once block k is written; ``ctrl[CLAIM]`` the next block nobody has claimed.
+# while another core computes the blocks ahead (:func:`feed_blocks`). ``flags[k *
+# FLAG_STRIDE]`` is 1 once block k is written; ``ctrl[CLAIM]`` the next block nobody has
+# claimed, ``ctrl[DONE]`` the blocks written, ``ctrl[HELPED]`` those the helper wrote.
 
 
 @jit(**_OPTS)
-def _feed_block(ctrl, flags, edges, B, x, w, out, k, helper):
+def _feed_block(ctrl, flags, edges, B, x, wb, mb, out, k, helper):
     r0, r1 = edges[k] * B, edges[k + 1] * B
-    np.dot(x[r0:r1], w, out[r0:r1])
+    zp = np.empty((wb.shape[0], r1 - r0, wb.shape[2]), dtype=out.dtype)
+    bdot(x[r0:r1], wb, zp, out[r0:r1], mb)
     if helper:
         ctrl[HELPED] += 1  # before the flag: whoever sees the flag sees the count
     atomic_store(flags, k * FLAG_STRIDE, 1)
@@ -176,21 +181,22 @@ def _feed_block(ctrl, flags, edges, B, x, w, out, k, helper):
 
 
 @jit(**_OPTS)
-def feed_blocks(ctrl, flags, edges, B, x, w, out, helper):
+def feed_blocks(ctrl, flags, edges, B, x, wb, mb, out, helper):
     """Claim blocks of steps in order until none is left and compute them: block ``k`` is
-    ``out[r] = x[r] @ w`` for the rows ``r`` (step, sequence) of steps ``edges[k] <= t <
-    edges[k+1]``. The ``helper`` counts its blocks in ``ctrl[HELPED]``; returns 0."""
+    ``out[r] = x[r] @ W`` (``wb``: W's column blocks, rows in chunks of ``mb``) for the rows
+    ``r`` (step, sequence) of steps ``edges[k] <= t < edges[k+1]``. The ``helper`` counts its
+    blocks in ``ctrl[HELPED]``; returns 0."""
     n = edges.shape[0] - 1
     while True:
         k = atomic_load(ctrl, CLAIM)
         if k >= n:
             return 0
         if atomic_cas(ctrl, CLAIM, k, k + 1):
-            _feed_block(ctrl, flags, edges, B, x, w, out, k, helper)
+            _feed_block(ctrl, flags, edges, B, x, wb, mb, out, k, helper)
 
 
 @jit(**_OPTS)
-def need_block(ctrl, flags, edges, B, x, w, out, k):
+def need_block(ctrl, flags, edges, B, x, wb, mb, out, k):
     """Block ``k`` written: computed here, with every unclaimed block before it, or, where the
     other thread has claimed it, waited for; the pause loops waited."""
     spins = 0
@@ -198,7 +204,7 @@ def need_block(ctrl, flags, edges, B, x, w, out, k):
         c = atomic_load(ctrl, CLAIM)
         if c <= k:
             if atomic_cas(ctrl, CLAIM, c, c + 1):
-                _feed_block(ctrl, flags, edges, B, x, w, out, c, False)
+                _feed_block(ctrl, flags, edges, B, x, wb, mb, out, c, False)
         else:
             spin_pause()
             spins += 1

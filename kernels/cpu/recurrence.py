@@ -33,7 +33,7 @@ from .jit import jit
 from .activations import half_like, one_like, tanh_row
 from .atomics import atomic_store
 from .overlap import WAITS, need_block
-from .smallgemm import micro_dot
+from .smallgemm import bdot as _bdot
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
@@ -41,10 +41,12 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 NO_PROGRESS = np.zeros(0, np.int64)
 
 #: ``recurrence_forward``'s input projection fed in blocks as the steps reach them
-#: (``kernels/cpu/overlap.py``): the control words and flags, the blocks' edges (steps), and
-#: ``x`` (T*B, I), ``w`` (I, 4H) and ``xg`` (T*B, 4H): 2-D views, ``xg`` the memory of
-#: ``StepInput.xg``. Off: ``ctrl`` has no entries.
-Feed = namedtuple("Feed", ["ctrl", "flags", "edges", "x", "w", "xg"])
+#: (``kernels/cpu/overlap.py``, ``feed_blocks``): the control words and flags, the blocks'
+#: edges (steps), ``x`` (T*B, I), ``wb`` (n, I, 4H/n) the column blocks of ``W_ih^T`` for a
+#: block's rows in chunks of ``mb`` (as ``_bdot`` takes them: small products, no packing of
+#: the weights per block) and ``xg`` (T*B, 4H), the memory of ``StepInput.xg``. Off: ``ctrl``
+#: has no entries.
+Feed = namedtuple("Feed", ["ctrl", "flags", "edges", "x", "wb", "mb", "xg"])
 
 _no_feed = {}
 
@@ -55,7 +57,8 @@ def no_feed(dtype):
     f = _no_feed.get(dtype)
     if f is None:
         e2 = np.zeros((0, 0), dtype)
-        f = _no_feed[dtype] = (NO_PROGRESS, NO_PROGRESS, NO_PROGRESS, e2, e2, e2)
+        f = _no_feed[dtype] = (NO_PROGRESS, NO_PROGRESS, NO_PROGRESS, e2,
+                               np.zeros((0, 0, 0), dtype), 1, e2)
     return f
 
 # The kernels' grouped arguments, passed as plain tuples in these layouts (Numba types a plain
@@ -96,40 +99,6 @@ BackwardWeights = namedtuple("BackwardWeights", ["w_hh_b", "w_hr_b", "w_ih_b"])
 #: projection), ``dh0``, ``dc0`` (B', .), ``dx`` (T, B, I) (rows from the task's ``b0``; only
 #: with ``w_ih_b``), ``db`` (4H,) (shape (0,): not computed).
 BackwardOut = namedtuple("BackwardOut", ["dgates", "dhp", "g0", "dh0", "dc0", "dx", "db"])
-
-@jit(**_OPTS)
-def _bdot(a, wb, zp, out, mb):
-    """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks, issued in row chunks
-    of ``mb`` rows; ``zp`` (n, B, N/n) is scratch. With n == 1 the products go straight into
-    ``out``; one BLAS call in all when also mb >= B. ``mb == 0``: few rows, the
-    register-blocked kernel of ``smallgemm``, block by block straight into ``out``."""
-    n = wb.shape[0]
-    B = a.shape[0]
-    if mb == 0:
-        nb = wb.shape[2]
-        # the types the two-core kernels pass too (rows of a strided view, ``acc`` a runtime
-        # bool), so the tiles compile once per dtype
-        av = a[:, :a.shape[1]]
-        for i in range(n):
-            micro_dot(av, wb[i], out, i * nb, i < 0)
-        return
-    if n == 1:
-        for r0 in range(0, B, mb):
-            r1 = min(r0 + mb, B)
-            np.dot(a[r0:r1], wb[0], out[r0:r1])
-        return
-    nb = wb.shape[2]
-    for i in range(n):
-        for r0 in range(0, B, mb):
-            r1 = min(r0 + mb, B)
-            np.dot(a[r0:r1], wb[i], zp[i, r0:r1])
-    for b in range(B):
-        ob = out[b]
-        for i in range(n):
-            zb = zp[i, b]
-            for q in range(nb):
-                ob[i * nb + q] = zb[q]
-
 
 @jit(**_OPTS)
 def _cell_forward(zb, xb, bias, cb, hhb, H, s1, s2):
@@ -219,7 +188,7 @@ def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, b
     the steps reach it, here or by another thread (the pause loops waited for it are added to
     ``feed.ctrl[WAITS]``)."""
     xg, xg_off, x_in, w_ih_tb, xb0 = inp
-    f_ctrl, f_flags, f_edges, f_x, f_w, f_xg = feed
+    f_ctrl, f_flags, f_edges, f_x, f_wb, f_mb, f_xg = feed
     feeding = f_ctrl.shape[0] > 0
     fk = 0  # the next block of the feed not yet known to be written
     bias, w_hh_tb, w_hr_tb = w
@@ -271,7 +240,7 @@ def recurrence_forward(inp, w, h0, c0, lengths, reverse, out, saved, training, b
                     row[:I] = 0.0
                 row[I:] = h[i]  # the state this step reads
         while feeding and fk < f_edges.shape[0] - 1 and f_edges[fk] <= t:
-            f_ctrl[WAITS] += need_block(f_ctrl, f_flags, f_edges, B, f_x, f_w, f_xg, fk)
+            f_ctrl[WAITS] += need_block(f_ctrl, f_flags, f_edges, B, f_x, f_wb, f_mb, f_xg, fk)
             fk += 1
         for i in range(n_act):
             b = order[i]

@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 
 from .jit import jit
 
-__all__ = ["micro_dot", "TILE_BYTES", "tile_columns", "aligned_empty", "aligned_zeros"]
+__all__ = ["micro_dot", "bdot", "TILE_BYTES", "tile_columns", "aligned_empty", "aligned_zeros"]
 
 #: Bytes of one tile's row: 4 vectors of 64 bytes.
 TILE_BYTES = 256
@@ -248,3 +248,37 @@ if numba.config.DISABLE_JIT:
             y[:, yc:yc + w.shape[1]] = np.dot(a, w)
 else:
     micro_dot = _micro_dot
+
+
+@jit(**_OPTS)
+def bdot(a, wb, zp, out, mb):
+    """``out = a @ W`` where ``wb`` (n, K, N/n) holds W's column blocks, issued in row chunks
+    of ``mb`` rows; ``zp`` (n, B, N/n) is scratch. With n == 1 the products go straight into
+    ``out``; one BLAS call in all when also mb >= B. ``mb == 0``: few rows, the
+    register-blocked kernel (:func:`micro_dot`), block by block straight into ``out``."""
+    n = wb.shape[0]
+    B = a.shape[0]
+    if mb == 0:
+        nb = wb.shape[2]
+        # the types the two-core kernels pass too (rows of a strided view, ``acc`` a runtime
+        # bool), so the tiles compile once per dtype
+        av = a[:, :a.shape[1]]
+        for i in range(n):
+            micro_dot(av, wb[i], out, i * nb, i < 0)
+        return
+    if n == 1:
+        for r0 in range(0, B, mb):
+            r1 = min(r0 + mb, B)
+            np.dot(a[r0:r1], wb[0], out[r0:r1])
+        return
+    nb = wb.shape[2]
+    for i in range(n):
+        for r0 in range(0, B, mb):
+            r1 = min(r0 + mb, B)
+            np.dot(a[r0:r1], wb[i], zp[i, r0:r1])
+    for b in range(B):
+        ob = out[b]
+        for i in range(n):
+            zb = zp[i, b]
+            for q in range(nb):
+                ob[i * nb + q] = zb[q]

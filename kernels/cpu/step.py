@@ -40,7 +40,7 @@ import numpy as np
 
 from .activations import half_like, tanh_row
 from .jit import jit
-from .recurrence import _bdot
+from .smallgemm import bdot as _bdot
 
 __all__ = ["step_forward", "steps_forward", "META_HEADER", "META_PER_LAYER"]
 
