@@ -1,14 +1,17 @@
-"""A serial layer's backward on both cores (``kernels/cpu/overlap.py``).
+"""A serial layer on both cores (``kernels/cpu/overlap.py``).
 
-A serial layer (one direction, a few sequences) runs its backward recurrence on the calling
-thread; the ``dx``, ``dW_ih`` and ``dW_hh`` GEMMs of each chunk of steps run on the second core
-as soon as the recurrence has passed the chunk (:func:`recurrence_then_grads`).
+A serial layer (one direction, a few sequences) runs its recurrences on the calling thread.
+Its whole-sequence GEMMs need not wait for them: the forward's input projection is computed
+in blocks of steps, the second core working ahead of the recurrence, which computes any block
+nobody has taken when it gets there (:func:`recurrence_fed`); the backward's ``dx``, ``dW_ih``
+and ``dW_hh`` of each chunk of steps run on the second core as soon as the recurrence has
+passed the chunk (:func:`recurrence_then_grads`).
 
 The second core is the partner thread of the two-core inference path (``kernels/cpu/duo.py``),
 or, inside ``fastlstm.torch``'s operators, the framework's own worker (``tasks_on``). Jobs are
-claimed, so a late or busy second core leaves them to the calling thread; a call in which the
-partner did none, or had the calling thread wait long, makes it back off as the two-core path
-does. Which thread did which job never changes a result (bitwise).
+claimed, so a late or busy second core leaves them to the calling thread, and a call that found
+it busy makes it back off as the two-core path does (:func:`_share`). The blocks and chunks
+depend only on the shape: which thread did which job never changes a result (bitwise).
 """
 from __future__ import annotations
 
@@ -38,16 +41,23 @@ def _two_cores(cfg) -> bool:
     return cfg.overlap_chunks > 0 and cpu.num_threads(cfg) >= 2 and can_pin()
 
 
+def _edges(T, B, flop, cfg):
+    """``overlap_chunks`` (or fewer) near-equal spans of the T steps, of at least
+    ``overlap_min_rows`` rows each, as edges; None for fewer than two, GEMMs under
+    ``overlap_min_flop`` or no second core."""
+    n = min(cfg.overlap_chunks, T * B // max(1, cfg.overlap_min_rows), T)
+    if n < 2 or flop < cfg.overlap_min_flop or not _two_cores(cfg):
+        return None
+    return np.array([T * j // n for j in range(n + 1)], np.int64)
+
+
 def backward_edges(T, B, I, H, P, D, proj, cfg):
     """The chunks (recurrence steps) of a serial layer's backward whose GEMMs run beside its
     recurrence (``CPUConfig.overlap_*``), or None: one direction, BLAS kept on the calling
     thread (``cpu._pin_serial``), at least two chunks and GEMMs large enough to gain."""
     if D != 1 or not cpu._pin_serial(cpu._layer_flop(T, B, I, H, P, D, proj), cfg):
         return None
-    n = min(cfg.overlap_chunks, T * B // max(1, cfg.overlap_min_rows), T)
-    if n < 2 or 2.0 * T * B * 4 * H * (2 * I + P) < cfg.overlap_min_flop or not _two_cores(cfg):
-        return None
-    return np.array([T * j // n for j in range(n + 1)], np.int64)
+    return _edges(T, B, 2.0 * T * B * 4 * H * (2 * I + P), cfg)
 
 
 def _share(kernel, args, jobs, cfg, first=None, late_ok=False):
@@ -112,10 +122,7 @@ def forward_edges(T, B, I, H, D, pinned, cfg):
     projection large enough to gain."""
     if D != 1 or not pinned:
         return None
-    n = min(cfg.overlap_chunks, T * B // max(1, cfg.overlap_min_rows), T)
-    if n < 2 or 2.0 * T * B * I * 4 * H < cfg.overlap_min_flop or not _two_cores(cfg):
-        return None
-    return np.array([T * j // n for j in range(n + 1)], np.int64)
+    return _edges(T, B, 2.0 * T * B * I * 4 * H, cfg)
 
 
 def recurrence_fed(run_rec, edges, params, layer, x, w, xg, B, cfg):

@@ -1,29 +1,32 @@
-"""A serial layer's backward on two cores: the weight-gradient GEMMs run beside the recurrence.
+"""A serial layer's whole-sequence GEMMs on a second core, beside its recurrence.
 
-On the serial path (one direction, a few sequences) the backward is a chain of per-step
-products that one core must run in order, followed by whole-sequence GEMMs
+On the serial path (one direction, a few sequences) the recurrence is a chain of per-step
+products that one core must run in order. The GEMMs around it are not:
 
-    dx = dG W_ih,    dW_ih = dG^T x,    dW_hh = dG^T h_prev
+    forward:   xg = x W_ih^T                                (step t needed at step t)
+    backward:  dx = dG W_ih,  dW_ih = dG^T x,  dW_hh = dG^T h_prev   (step t ready at step t)
 
-that only need each step's gate gradients ``dG``. At batch 1-4 the two take about as long
-(bench/NOTES.md, "The backward's GEMMs beside its recurrence"). So the steps are cut into
-chunks (``edges``, in the recurrence's order: chunk j is the steps it runs j-th) and the GEMMs
-of a chunk run as soon as the recurrence has passed it, on the other core, while the
-recurrence goes on.
+At batch 1-7 they take about as long as the recurrence (bench/NOTES.md, "Both cores on the
+serial path"). So the steps are cut into chunks (``edges``, in the recurrence's order: chunk j
+is the steps it runs j-th). Forward: the other core computes the projection's blocks ahead of
+the recurrence, which waits for a block only when it gets there first, and computes it itself
+when nobody has claimed it (:func:`feed_blocks`, :func:`need_block`). Backward: the GEMMs of a
+chunk run on the other core as soon as the recurrence has passed it (:func:`grad_chunks`).
 
-Control words (int64, one cache line each): ``ctrl[PROGRESS]`` the recurrence's steps done
-(its ``progress`` word), ``ctrl[CLAIM]`` the next job nobody has claimed (three per chunk:
-its ``dx`` rows, its share of ``dW_ih``, its share of ``dW_hh``), ``ctrl[ADDED_IH]``,
-``ctrl[ADDED_HH]`` the chunks added into each weight gradient, ``ctrl[DONE]`` the jobs done,
-``ctrl[HELPED]`` those the other thread did (written by it alone, read after ``DONE``).
-Both threads run :func:`grad_chunks` and claim jobs in order (a compare-and-swap): the other
-thread only jobs of chunks the recurrence has passed; the calling thread, after the
-recurrence, whatever is left. The weight gradients are added chunk after chunk by GEMMs with
-beta = 1 (:func:`gemm_tn`), in chunk order, so the results do not depend on which thread did
-what and no partial sums are kept; the two sums are separate jobs, so the threads work on both
-at once. A late or busy second core only leaves more of the jobs to the calling thread, which
-waits at most for the ones the other is doing; a long wait makes the partner back off
-(``fastlstm/backends/cpu.py::recurrence_then_grads``).
+Control words (int64, one cache line each): ``ctrl[PROGRESS]`` the backward recurrence's
+steps done (its ``progress`` word), ``ctrl[CLAIM]`` the next job nobody has claimed (a block
+of the feed; three per backward chunk: its ``dx`` rows, its share of ``dW_ih``, of
+``dW_hh``), ``ctrl[ADDED_IH]``, ``ctrl[ADDED_HH]`` the chunks added into each weight gradient,
+``ctrl[DONE]`` the jobs done, ``ctrl[HELPED]`` those the other thread did (written by it
+alone, read after ``DONE``), ``ctrl[WAITS]`` the pause loops the recurrence waited for the
+feed. Both threads claim jobs in order (a compare-and-swap): in the backward the other thread
+only jobs of chunks the recurrence has passed, the calling thread, after the recurrence,
+whatever is left. The weight gradients are added chunk after chunk by GEMMs with beta = 1
+(:func:`gemm_tn`), in chunk order, so the results do not depend on which thread did what and
+no partial sums are kept; the two sums are separate jobs, so the threads work on both at once.
+A late or busy second core only leaves more of the jobs to the calling thread, which waits at
+most for the ones the other is doing (``fastlstm/backends/cpu_overlap.py`` backs it off after
+a call that found it busy).
 """
 from __future__ import annotations
 
