@@ -77,10 +77,10 @@ def serial_plan(params, T: int, B: int, training: bool, cfg) -> "SerialPlan | No
         if len(mine) >= _PLANS_KEPT:
             mine.clear()
         plan = mine.setdefault(key, SerialPlan(params, B, training, cfg))
-    pins = plan.per_steps.get(T)
-    if pins is None:
-        pins = plan.decide(T)
-    if pins is False:
+    steps = plan.per_steps.get(T)
+    if steps is None:
+        steps = plan.decide(T)
+    if steps is False:
         return None
     if plan.version != params.version:
         plan.sync()
@@ -115,11 +115,8 @@ class SerialPlan:
         #: the params version the layouts hold (-1: not built)
         self.version = -1
         self._lock = threading.Lock()
-        #: per step count: False (not serial) or each layer's BLAS pinning
+        #: per step count: False (not serial) or what :meth:`decide` gives per layer
         self.per_steps = {}
-        #: per step count: each layer's backward chunks (``cpu_overlap.backward_edges``) and
-        #: forward blocks (``cpu_overlap.forward_edges``)
-        self.overlaps, self.feeds = {}, {}
         #: (function, arguments): the copies that recompute the layouts from the parameters
         self._refills = []
         self.layers = None
@@ -169,24 +166,30 @@ class SerialPlan:
 
     def decide(self, T):
         """What the number of steps decides: False when some layer would not run serially
-        (the general path's rules), else each layer's BLAS pinning."""
+        (the general path's rules), else per layer its BLAS pinning (a context manager's
+        class, or None), the forward's feed blocks and the backward's chunks
+        (``cpu_overlap``)."""
         params, cfg, B = self.params, self.cfg, self.B
         L, D = params.num_layers, params.num_directions
         H, P = params.hidden_size, params.output_size
         full = np.full(B, T, np.int64)  # the two-core path takes equal lengths only
-        pins = []
+        steps = []
         for layer in range(L):
             I = params.input_size if layer == 0 else D * P
             flop = cpu._layer_flop(T, B, I, H, P, D, params.proj_size)
             if (cpu.plan_tasks(D, B, flop, cfg) is not None
                     or cpu_duo.eligible(params, T, B, I, full, self.training, cfg)):
-                pins = False
+                steps = False
                 break
-            pins.append(single_threaded_blas if cpu._pin_serial(flop, cfg) else None)
+            pinned = cpu._pin_serial(flop, cfg)
+            steps.append((single_threaded_blas if pinned else None,
+                          cpu_overlap.forward_edges(T, B, I, H, D, pinned, cfg),
+                          cpu_overlap.backward_edges(T, B, I, H, P, D, params.proj_size > 0,
+                                                     cfg)))
         if len(self.per_steps) >= _STEP_COUNTS_KEPT:
             self.per_steps.clear()
-        self.per_steps[T] = pins
-        return pins
+        self.per_steps[T] = steps
+        return steps
 
     @property
     def params(self):
@@ -212,29 +215,22 @@ class SerialPlan:
         ``lengths`` None for all T)."""
         params, B = self.params, self.B
         T = x.shape[0]
-        pins = self.per_steps.get(T) or self.decide(T)
+        steps = self.per_steps.get(T) or self.decide(T)
         L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, \
             params.output_size
         dt, e3, G = params.dtype, self._e3, 4 * params.hidden_size
         if lengths is None:
             lengths = np.full(B, T, np.int64)
-        feeds = self.feeds.get(T)
-        if feeds is None:
-            if len(self.feeds) >= _STEP_COUNTS_KEPT:
-                self.feeds.clear()
-            feeds = self.feeds[T] = [
-                cpu_overlap.forward_edges(T, B, params.input_size if layer == 0 else D * P, H, D,
-                                          pins[layer] is not None, self.cfg) for layer in range(L)]
         h_n = np.empty((L * D, B, P), dt)
         c_n = np.empty((L * D, B, H), dt)
         layer_in, saved = x, []
         for layer, lay in enumerate(self.layers):
             y = aligned_empty((T, B, D * P), dt)
             gates, cells = [], []
-            with pins[layer]() if pins[layer] else cpu._NO_PIN:
+            pin, feed, _ = steps[layer]
+            with pin() if pin else cpu._NO_PIN:
                 xg2 = cpu.workspace("xg", (T * B, D * G), dt)
                 x2 = layer_in.reshape(T * B, -1)
-                feed = feeds[layer]
                 if feed is None:  # else computed as the recurrence reaches it
                     matmul_into(x2, lay.w_ih_cat_t, xg2)
                 xg = xg2.reshape(T, B, D * G)
@@ -284,18 +280,11 @@ class SerialPlan:
         kernel-written rows)."""
         params, B = self.params, self.B
         T = dy.shape[0]
-        pins = self.per_steps.get(T) or self.decide(T)
+        steps = self.per_steps.get(T) or self.decide(T)
         L, D, H, P = params.num_layers, params.num_directions, params.hidden_size, \
             params.output_size
         dt, e3, G, rows = params.dtype, self._e3, 4 * H, T * B
         proj = params.proj_size > 0
-        edges = self.overlaps.get(T)
-        if edges is None:
-            if len(self.overlaps) >= _STEP_COUNTS_KEPT:
-                self.overlaps.clear()
-            edges = self.overlaps[T] = [
-                cpu_overlap.backward_edges(T, B, params.input_size if layer == 0 else D * P, H, P,
-                                           D, proj, self.cfg) for layer in range(L)]
         dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
         per_layer = [None] * L
         dy_layer = np.ascontiguousarray(dy)
@@ -305,7 +294,8 @@ class SerialPlan:
             I_l = sv.x.shape[2]
             dxs = [np.empty((T, B, I_l), dt) for _ in range(D)]
             dirs = []
-            with pins[layer]() if pins[layer] else cpu._NO_PIN:
+            pin, _, edges = steps[layer]
+            with pin() if pin else cpu._NO_PIN:
                 for d in range(D):
                     k = layer * D + d
                     w, blocks = weights[d]
@@ -324,7 +314,7 @@ class SerialPlan:
                                             (dg, dhp, 0, dh0[k], dc0[k], e3, db), blocks,
                                             progress)
                     cpu_overlap.recurrence_then_grads(
-                        rec, edges[layer], params, layer, d, B, dg.reshape(rows, G),
+                        rec, edges, params, layer, d, B, dg.reshape(rows, G),
                         sv.x.reshape(rows, I_l), hp.reshape(rows, P), lay.w_ih[d],
                         dxs[d].reshape(rows, I_l), dw_ih, dw_hh, self.cfg)
                     dw_hr = None
