@@ -57,10 +57,12 @@ class CPUConfig:
     serial_blas_min_flop: float = 200e6
     #: Fewest batch rows per parallel task.
     parallel_min_rows: int = 4
-    #: A serial layer's backward (one direction) runs its weight-gradient GEMMs in chunks of
-    #: steps on a second core while its recurrence runs (``kernels/cpu/overlap.py``): at most
-    #: ``overlap_chunks`` chunks of at least ``overlap_min_rows`` rows (steps x sequences), when
-    #: those GEMMs take at least ``overlap_min_flop``. ``overlap_chunks=0``: never.
+    #: A serial layer (one direction, its BLAS on the calling thread) uses a second core beside
+    #: its recurrences (``kernels/cpu/overlap.py``): the forward's input projection is computed
+    #: in blocks ahead of the recurrence, the backward's dx and weight-gradient GEMMs in chunks
+    #: behind it. At most ``overlap_chunks`` blocks / chunks of at least ``overlap_min_rows``
+    #: rows (steps x sequences), when those GEMMs take at least ``overlap_min_flop``
+    #: (bench/NOTES.md, "Both cores on the serial path"). ``overlap_chunks=0``: never.
     overlap_chunks: int = 8
     overlap_min_rows: int = 16
     overlap_min_flop: float = 10e6
