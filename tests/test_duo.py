@@ -96,7 +96,9 @@ def _kernel_call(params, x, h0, c0, call):
     hbuf[0] = h0[0]
     c = c0[0].copy()
     y = np.empty((T, B, H), dt)
-    buf = (np.empty((T * B, 4 * d.H0), dt), np.empty((T * B, 4 * (H - d.H0)), dt), hbuf, c, y)
+    e3 = np.empty((0, 0, 0), dt)
+    buf = (np.empty((T * B, 4 * d.H0), dt), np.empty((T * B, 4 * (H - d.H0)), dt), hbuf, c, y,
+           e3, e3)
     call(x.reshape(T * B, I), d.w, buf, d.H0)
     return y, hbuf[T % 2].copy(), c
 
@@ -177,3 +179,81 @@ def test_backs_off_when_the_partner_does_not_come(monkeypatch):
     y2, h2, c2 = _kernel_call(params, x, h0, c0, lambda *a: asked.append(p.run(*a)))
     assert asked == [True, False] and p._seq == seq
     np.testing.assert_array_equal(y2, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_training_on_two_cores_saves_what_backward_needs(dtype):
+    """Training through the two-core path: its saved gates and cells give the reference's
+    gradients; the same results bitwise whether the partner thread, a framework's team (run
+    in order here) or nobody took half 1."""
+    from fastlstm.kernels.cpu.parallel import tasks_on
+    T, B, I, H = 30, 2, 7, 20
+    params, x, h0, c0 = _problem(T, B, I, H, 2, dtype, seed=11)
+    dy = np.random.default_rng(12).standard_normal((T, B, H)).astype(dtype)
+    before = snapshot(x, h0, c0, dy)
+
+    def run():
+        res = fastlstm.forward(x, params, h0, c0, training=True)
+        g = fastlstm.backward(res.cache, dy)
+        return res, [res.y, res.h, res.c, g.dx, g.dh0, g.dc0, *g.dparams.values()]
+
+    with fastlstm.config.options("cpu", threads=2, **FORCE):
+        res, got = run()
+        assert res.paths == ("duo", "duo")
+        p = duo.partner(1)
+        assert p._busy.acquire()
+        try:
+            _, alone = run()
+        finally:
+            p._busy.release()
+        with tasks_on(lambda fn, tasks: [fn(*t) for t in tasks]):
+            _, team = run()
+    for a, b, c in zip(got, alone, team):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    ref = fastlstm.forward(x, params, h0, c0, training=True, device="reference")
+    ref_g = fastlstm.backward(ref.cache, dy)
+    want = [ref.y, ref.h, ref.c, ref_g.dx, ref_g.dh0, ref_g.dc0, *ref_g.dparams.values()]
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **tol)
+    assert_unchanged(before, x, h0, c0, dy)
+
+
+def test_new_weights_refill_the_halves_in_place():
+    """After an in-place update the halves' layouts are the same arrays, holding the new
+    weights: the results follow the reference for them."""
+    from fastlstm.backends import cpu_duo
+    T, B, I, H = 25, 1, 6, 40
+    params, x, h0, c0 = _problem(T, B, I, H, 1, np.float64, seed=13)
+    rng = np.random.default_rng(14)
+    with fastlstm.config.options("cpu", threads=2, **FORCE):
+        fastlstm.forward(x, params, h0, c0)
+        first = cpu_duo.weights(params, 0, B)
+        for _ in range(2):
+            params.update_({k: rng.standard_normal(v.shape) for k, v in
+                            params.state_dict().items()}, 0.1)
+            res = fastlstm.forward(x, params, h0, c0)
+            assert res.paths == ("duo",)
+            _check(res, fastlstm.forward(x, params, h0, c0, device="reference"), np.float64)
+        again = cpu_duo.weights(params, 0, B, first)
+        assert all(a is b for a, b in zip(again.w, first.w))  # refilled where they were
+        fresh = cpu_duo.weights(params, 0, B)
+        for a, b in zip(again.w, fresh.w):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_which_layers_take_two_cores():
+    """duo_min_hidden units per sequence; in training two sequences or more."""
+    from fastlstm.backends import cpu_duo
+    cfg = fastlstm.config.CPUConfig(threads=2)
+    one, two = np.full(1, 50, np.int64), np.full(2, 50, np.int64)
+    params = fastlstm.LSTMParams.init(8, 128)
+    assert cpu_duo.eligible(params, 50, 1, 8, one, False, cfg)
+    assert not cpu_duo.eligible(params, 50, 2, 8, two, False, cfg)
+    assert not cpu_duo.eligible(params, 50, 1, 8, one, True, cfg)
+    params = fastlstm.LSTMParams.init(8, 256)
+    assert cpu_duo.eligible(params, 50, 2, 8, two, False, cfg)
+    assert cpu_duo.eligible(params, 50, 2, 8, two, True, cfg)
+    assert not cpu_duo.eligible(params, 50, 1, 8, one, True, cfg)
+    assert not cpu_duo.eligible(params, 50, 2, 8, np.array([50, 49]), False, cfg)

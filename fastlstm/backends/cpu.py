@@ -296,7 +296,12 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
             pin = single_threaded_blas() if _pin_serial(flop, cfg) else _NO_PIN
             if cpu_duo.eligible(params, T, B, I, lengths, training, cfg):
                 y = new(f"y{layer}", (T, B, P))
-                cpu_duo.layer_forward(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg, pin)
+                g, cs = ((new(f"gates{layer}.0", (T, B, 4 * H)), new(f"cells{layer}.0", (T, B, H)))
+                         if training else (empty3, empty3))
+                cpu_duo.layer_forward(params, layer, layer_in, h0, c0, y, h_n, c_n, cfg, pin, g,
+                                      cs)
+                if training:
+                    saved.append(LayerState(x=layer_in, y=y, gates=(g,), cells=(cs,)))
                 paths.append("duo")
                 layer_in = y * masks[layer] if (masks is not None and layer < L - 1) else y
                 continue

@@ -41,6 +41,7 @@ import numpy as np
 from .atomics import atomic_cas as _cas, atomic_load as _load, atomic_store as _store, \
     spin_pause as _relax
 from .jit import jit
+from .parallel import run_tasks, runner_set
 from .recurrence import _cell_forward
 from .smallgemm import micro_dot
 
@@ -73,19 +74,31 @@ def _start(t, xg, z):
 
 
 @jit(**_OPTS)
-def _finish(q, t, hbuf, c, y, H0, z, zero, s1, s2):
+def _finish(q, t, hbuf, c, out, H0, z, zero, s1, s2):
     """Half ``q`` of step ``t`` from its complete gate pre-activations ``z``: the cell and
-    hidden values of q's units into ``c``, ``hbuf[(t + 1) % 2]`` and ``y[t]``."""
+    hidden values of q's units into ``c``, ``hbuf[(t + 1) % 2]`` and ``y[t]`` (``out`` = (y,
+    gates, cells)); in training (``gates`` has steps) also q's activated gates and cell
+    values into ``gates[t]`` ([i f g o] of all units, as the one-core path saves them) and
+    ``cells[t]``."""
+    y, gates, cells = out
     B, H = c.shape
     j0 = 0 if q == 0 else H0
     Hq = H0 if q == 0 else H - H0
     nxt = hbuf[(t + 1) % 2]
+    training = gates.shape[0] > 0
     for b in range(B):
         hb = nxt[b, j0:j0 + Hq]
         _cell_forward(z[b], zero, zero, c[b, j0:j0 + Hq], hb, Hq, s1, s2)
         yb = y[t, b]
         for j in range(Hq):
             yb[j0 + j] = hb[j]
+        if training:
+            zb, gb, cb = z[b], gates[t, b], cells[t, b]
+            for g in range(4):
+                for j in range(Hq):
+                    gb[g * H + j0 + j] = zb[g * Hq + j]
+            for j in range(Hq):
+                cb[j0 + j] = c[b, j0 + j]
 
 
 @jit(**_OPTS)
@@ -101,7 +114,7 @@ def _own_part(q, t, xg, wo, hbuf, H0, z):
 
 
 @jit(**_OPTS)
-def _other_part(q, t, wx, hbuf, c, y, H0, z, zero, s1, s2):
+def _other_part(q, t, wx, hbuf, c, out, H0, z, zero, s1, s2):
     """The rest of half ``q`` of step ``t``, once the other half of step t - 1 is done: the
     product over the other half's units added (``wx``: W_hh^T rows of those units, q's
     columns), then q's cell and hidden values into ``c``, ``hbuf[(t + 1) % 2]`` and ``y[t]``."""
@@ -109,11 +122,11 @@ def _other_part(q, t, wx, hbuf, c, y, H0, z, zero, s1, s2):
     k0 = H0 if q == 0 else 0
     Hq = H0 if q == 0 else H - H0
     _product(hbuf[t % 2, :, k0:k0 + (H - Hq)], wx, z)
-    _finish(q, t, hbuf, c, y, H0, z, zero, s1, s2)
+    _finish(q, t, hbuf, c, out, H0, z, zero, s1, s2)
 
 
 @jit(**_OPTS)
-def _half(q, t, xg, wo, wx, hbuf, c, y, H0, z, zero, s1, s2, ctrl, other, waits, mine):
+def _half(q, t, xg, wo, wx, hbuf, c, out, H0, z, zero, s1, s2, ctrl, other, waits, mine):
     """Half ``q`` of step ``t`` in its two parts, waiting between them until the other half of
     step t - 1 is done (``ctrl[other]`` >= t; spin loops counted in ``ctrl[waits]``), then
     marking this half of step t done (``ctrl[mine]`` = t + 1)."""
@@ -121,12 +134,12 @@ def _half(q, t, xg, wo, wx, hbuf, c, y, H0, z, zero, s1, s2, ctrl, other, waits,
     while _load(ctrl, other) < t:
         _relax()
         ctrl[waits] += 1
-    _other_part(q, t, wx, hbuf, c, y, H0, z, zero, s1, s2)
+    _other_part(q, t, wx, hbuf, c, out, H0, z, zero, s1, s2)
     _store(ctrl, mine, t + 1)
 
 
 @jit(**_OPTS)
-def _whole(q, t, xg, ws, hbuf, c, y, H0, z, hs, zero, s1, s2):
+def _whole(q, t, xg, ws, hbuf, c, out, H0, z, hs, zero, s1, s2):
     """Half ``q`` of step ``t`` in one product (both halves of step t - 1 done): ``ws`` holds
     the rows of ``wo_q`` then those of ``wx_q``, so with ``hs`` = q's units' h then the other
     half's, the FMAs are those of :func:`_own_part` and :func:`_other_part`, in one call per
@@ -143,7 +156,7 @@ def _whole(q, t, xg, ws, hbuf, c, y, H0, z, hs, zero, s1, s2):
             for k in range(H0):
                 hb[Hq + k] = hcur[b, k]
     _product(hcur if q == 0 else hs, ws, z)
-    _finish(q, t, hbuf, c, y, H0, z, zero, s1, s2)
+    _finish(q, t, hbuf, c, out, H0, z, zero, s1, s2)
 
 
 @jit(**_OPTS)
@@ -171,7 +184,7 @@ def _projection_1(x2, wih1, bias1, xg1, ctrl, waits):
 
 @jit(**_OPTS)
 def duo_forward(part, seq, x2, w, buf, H0, ctrl):
-    """Inference through one layer's T steps, as ``part`` 0 (the calling thread: returns when
+    """One layer's T steps, as ``part`` 0 (the calling thread: returns when
     all is done) or 1 (the partner: joins job ``seq`` if it is still open and claims halves 1
     until none is left).
 
@@ -179,10 +192,11 @@ def duo_forward(part, seq, x2, w, buf, H0, ctrl):
     ws0, ws1, bias): per half q, ``wih_q`` (I, 4Hq) the columns of W_ih^T for q's gates,
     ``wo_q`` and ``wx_q`` the W_hh^T rows of q's own units and of the other half's, q's
     columns, in column blocks (n, rows, width), ``ws_q`` both stacked (own rows first);
-    ``bias`` (4H,) in the halves' column order. ``buf`` = (xg0, xg1,
-    hbuf, c, y): the halves' input projections (T*B, 4Hq) (filled here), ``hbuf`` (2, B, H)
-    with ``hbuf[0]`` = h0, ``c`` (B, H) = c0 (updated), ``y`` (T, B, H). The final h is
-    ``hbuf[T % 2]``.
+    ``bias`` (4H,) in the halves' column order. ``buf`` = (xg0, xg1, hbuf, c, y, gates,
+    cells): the halves' input projections (T*B, 4Hq) (filled here), ``hbuf`` (2, B, H) with
+    ``hbuf[0]`` = h0, ``c`` (B, H) = c0 (updated), ``y`` (T, B, H), and in training ``gates``
+    (T, B, 4H) and ``cells`` (T, B, H), what the one-core path saves ((0, 0, 0) arrays in
+    inference). The final h is ``hbuf[T % 2]``.
 
     Each half's input projection is one GEMM, bias added (half 1's by whichever thread claims
     it first);
@@ -192,7 +206,8 @@ def duo_forward(part, seq, x2, w, buf, H0, ctrl):
     every half is the same whichever thread does it, so results do not depend on the
     partner."""
     wih0, wih1, wo0, wx0, wo1, wx1, ws0, ws1, bias = w
-    xg0, xg1, hbuf, c, y = buf
+    xg0, xg1, hbuf, c, y, gates, cells = buf
+    out = (y, gates, cells)
     T = y.shape[0]
     B, H = c.shape
     dt = y.dtype
@@ -210,14 +225,14 @@ def duo_forward(part, seq, x2, w, buf, H0, ctrl):
         for t in range(T):
             if _load(ctrl, JOIN) == 4 * seq and _cas(ctrl, CLAIM, t, t + 1):
                 # the partner has not joined (yet): the whole step here, at one core's speed
-                _whole(0, t, xg0, ws0, hbuf, c, y, H0, z0, hs, zero, s1, s2)
-                _whole(1, t, xg1, ws1, hbuf, c, y, H0, z1, hs, zero, s1, s2)
+                _whole(0, t, xg0, ws0, hbuf, c, out, H0, z0, hs, zero, s1, s2)
+                _whole(1, t, xg1, ws1, hbuf, c, out, H0, z1, hs, zero, s1, s2)
                 _store(ctrl, P0, t + 1)
                 _store(ctrl, P1, t + 1)
                 continue
-            _half(0, t, xg0, wo0, wx0, hbuf, c, y, H0, z0, zero, s1, s2, ctrl, P1, WAITS, P0)
+            _half(0, t, xg0, wo0, wx0, hbuf, c, out, H0, z0, zero, s1, s2, ctrl, P1, WAITS, P0)
             if _cas(ctrl, CLAIM, t, t + 1):  # the partner has not started this step: do it
-                _half(1, t, xg1, wo1, wx1, hbuf, c, y, H0, z1, zero, s1, s2, ctrl, P0, WAITS, P1)
+                _half(1, t, xg1, wo1, wx1, hbuf, c, out, H0, z1, zero, s1, s2, ctrl, P0, WAITS, P1)
         while _load(ctrl, P1) < T:
             _relax()
             ctrl[WAITS] += 1
@@ -239,7 +254,7 @@ def duo_forward(part, seq, x2, w, buf, H0, ctrl):
                 break
             _relax()
         if ready and _cas(ctrl, CLAIM, t, t + 1):
-            _half(1, t, xg1, wo1, wx1, hbuf, c, y, H0, z1, zero, s1, s2, ctrl, P0, PWAITS, P1)
+            _half(1, t, xg1, wo1, wx1, hbuf, c, out, H0, z1, zero, s1, s2, ctrl, P0, PWAITS, P1)
             ctrl[DONE] += 1
     _store(ctrl, JOIN, 4 * seq + 3)
 
@@ -337,10 +352,16 @@ class Partner:
         return self._until == 0.0 or time.monotonic() >= self._until
 
     def run(self, x2, w, buf, H0) -> bool:
-        """:func:`duo_forward` on the calling thread (half 0) and the partner. While the
-        partner is taken by another call or backing off, the calling thread does every step
-        itself, with the same arithmetic (the results never depend on who did which half);
-        returns whether the partner was asked."""
+        """:func:`duo_forward` on the calling thread (half 0) and the partner (inside a
+        framework's operators, ``parallel.tasks_on``: its worker). While the partner is taken
+        by another call or backing off, the calling thread does every step itself, with the
+        same arithmetic (the results never depend on who did which half); returns whether a
+        second thread was asked."""
+        if runner_set():  # a framework's thread team: its worker takes half 1
+            ctrl = np.zeros(CTRL_SIZE, np.int64)
+            ctrl[JOIN] = 4
+            run_tasks(lambda part: duo_forward(part, 1, x2, w, buf, H0, ctrl), [(0,), (1,)])
+            return True
         if not (self.usable() and self._busy.acquire(blocking=False)):
             ctrl = np.zeros(CTRL_SIZE, np.int64)  # a job nobody else sees: JOIN 0, never joined
             duo_forward(0, 0, x2, w, buf, H0, ctrl)

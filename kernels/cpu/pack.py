@@ -40,3 +40,17 @@ def block_columns_into(w, out):
             dst = out[j, k]
             for c in range(nb):
                 dst[c] = src[c]
+
+
+@jit(cache=True, nogil=True)
+def gather_blocks_into(w, rows, cols, out):
+    """``out[i, r, c] = w[rows[r], cols[i * nb + c]]`` for ``out`` (n, R, nb): the rows and
+    columns of ``w`` picked and cut into column blocks in one pass (the two-core path's
+    halves, refilled in place when the weights change)."""
+    n, R, nb = out.shape
+    for i in range(n):
+        for r in range(R):
+            src = w[rows[r]]
+            dst = out[i, r]
+            for c in range(nb):
+                dst[c] = src[cols[i * nb + c]]
