@@ -79,6 +79,18 @@ import numba
 from fastlstm.kernels.cpu import activations as act
 assert numba.config.DISABLE_JIT
 errs = compare(["float64", "float32"], training=True)
+# a serial layer large enough for the second core: one core does it all (no atomics in Python)
+from fastlstm import config
+with config.options("cpu", threads=2, overlap_min_flop=0, overlap_min_rows=1):
+    p = fastlstm.LSTMParams.init(3, 4, dtype="float64", seed=1)
+    x = np.random.default_rng(2).standard_normal((6, 2, 3))
+    got = fastlstm.forward(x, p, training=True)
+    g = fastlstm.backward(got.cache, np.ones_like(got.y))
+    want = fastlstm.forward(x, p, training=True, device="reference")
+    gw = fastlstm.backward(want.cache, np.ones_like(want.y))
+    np.testing.assert_allclose(got.y, want.y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g.dparams["weight_hh_l0"], gw.dparams["weight_hh_l0"], rtol=1e-10,
+                               atol=1e-12)
 grid = np.load(sys.argv[1])
 out = {}
 for name in ("float64", "float32"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 
 from ..kernels.cpu import duo, overlap
@@ -38,7 +39,10 @@ _starved = [0]  # such calls in a row (a race between threads only miscounts one
 
 
 def _two_cores(cfg) -> bool:
-    return cfg.overlap_chunks > 0 and cpu.num_threads(cfg) >= 2 and can_pin()
+    """Overlap on, two threads, SciPy's BLAS pinnable, and the kernels compiled (their
+    atomics are compiled instructions: under ``NUMBA_DISABLE_JIT`` one core does it all)."""
+    return (cfg.overlap_chunks > 0 and cpu.num_threads(cfg) >= 2 and can_pin()
+            and not numba.config.DISABLE_JIT)
 
 
 def _edges(T, B, flop, cfg):
