@@ -80,7 +80,8 @@ def gemm_tn(typingctx, a, b, c, beta):
         beta_slot = cgutils.alloca_once_value(builder, bval)
         ptr = [builder.bitcast(x.data, _voidp) for x in arrs]
         # column-major view: c^T (N, M) = b^T (N, K, as stored) times a (K, M: a^T as stored)
-        kind, notrans, trans = (ir.Constant(_char, ord(c)) for c in (get_blas_kind(dtype), "n", "t"))
+        kind, notrans, trans = (ir.Constant(_char, ord(ch))
+                                for ch in (get_blas_kind(dtype), "n", "t"))
         builder.call(fn, (kind, notrans, trans, N, M, K,
                           builder.bitcast(alpha, _voidp), ptr[1], N, ptr[0], M,
                           builder.bitcast(beta_slot, _voidp), ptr[2], N))
