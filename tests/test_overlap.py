@@ -165,3 +165,33 @@ def test_the_recurrence_fed_block_by_block_computes_every_block(dtype):
     np.testing.assert_allclose(xg, x @ w, **tol)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, **tol)
+
+
+def test_concurrent_callers_get_their_own_results():
+    """Four threads training at once through the overlapped path (one of them at a time has
+    the partner, the others do their chunks alone): each gets what it gets alone, bitwise."""
+    import threading
+    problems = [make_problem(Config(T=19 + i, B=2, I=5, H=7), np.float64, seed=20 + i)
+                for i in range(4)]
+    with config.options("cpu", **FORCE):
+        want = [_grads(p)[2] for p in problems]
+    got, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            with config.options("cpu", **FORCE):
+                for _ in range(5):
+                    got[i] = _grads(problems[i])[2]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a caller hung"
+    assert not errors, errors
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            np.testing.assert_array_equal(a, b)
