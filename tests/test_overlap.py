@@ -1,7 +1,7 @@
-"""A serial layer's backward with its weight-gradient GEMMs beside the recurrence
-(kernels/cpu/overlap.py): the results match the reference, do not depend on which thread
-computed which chunk (bitwise), and the call neither hangs nor loses an error when the
-recurrence fails."""
+"""A serial layer on two cores (kernels/cpu/overlap.py): the forward's input projection fed
+block by block ahead of the recurrence, the backward's GEMMs in chunks beside it. The results
+match the reference, do not depend on which thread computed which block or chunk (bitwise),
+and a call neither hangs nor loses an error when the recurrence fails."""
 import numpy as np
 import pytest
 
@@ -29,12 +29,13 @@ def _grads(p, **knobs):
     Config(T=17, B=2, I=4, H=6, L=1, proj=3),
     Config(T=11, B=1, I=3, H=9, L=1, bias=False, given_state=False),
 ], ids=["lengths-2-layers", "proj", "B1-nobias"])
-def test_overlapped_backward_matches_the_reference(cfg, dtype):
+def test_overlapped_layers_match_the_reference(cfg, dtype):
     p = make_problem(cfg, dtype, seed=4)
     before = snapshot(p.x, p.h0, p.c0, p.dy, p.dh, p.dc, *p.params.state_dict().values())
-    edges = cpu_overlap.backward_edges(cfg.T, cfg.B, cfg.I, cfg.H, cfg.P, 1, cfg.proj > 0,
-                              config.CPUConfig(**FORCE))
-    assert edges is not None and len(edges) == 6  # the path is taken
+    forced = config.CPUConfig(**FORCE)
+    edges = cpu_overlap.backward_edges(cfg.T, cfg.B, cfg.I, cfg.H, cfg.P, 1, cfg.proj > 0, forced)
+    feed = cpu_overlap.forward_edges(cfg.T, cfg.B, cfg.I, cfg.H, 1, True, forced)
+    assert len(edges) == len(feed) == 6  # both paths are taken (5 chunks, 5 blocks)
     fwd, bwd, got = _grads(p, **FORCE)
     assert fwd.paths == ("serial",) * cfg.L
     compare(fwd, bwd, *run(p, "reference"), dtype, "overlap")
