@@ -11,6 +11,7 @@ from fastlstm.backends import cpu_overlap
 from fastlstm.kernels.cpu import duo, overlap
 from fastlstm.kernels.cpu.parallel import tasks_on
 
+from fastlstm.testing import assert_close
 from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
 
 #: Overlap at any size, on two threads.
@@ -58,6 +59,14 @@ def test_overlapped_layers_match_the_reference(cfg, dtype):
     for a, b, c in zip(got, alone, team):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+    # inference takes the feed too (not the step kernel; through forward's thin check where
+    # it applies)
+    with config.options("cpu", stepper_kernel_max_rows=0, **FORCE):
+        inf = fastlstm.forward(p.x, p.params, p.h0, p.c0, lengths=p.lengths)
+    ref = fastlstm.forward(p.x, p.params, p.h0, p.c0, lengths=p.lengths, device="reference")
+    assert inf.paths == ("serial",) * cfg.L
+    for name in ("y", "h", "c"):
+        assert_close(getattr(inf, name), getattr(ref, name), dtype, "forward", name)
 
 
 def test_when_it_is_taken():
