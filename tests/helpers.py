@@ -1,6 +1,7 @@
 """Shared test helpers: random problems, torch oracle, input-unchanged checks."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,3 +136,22 @@ def torch_run(problem: Problem, dtype, batch_first=False):
     res = {k: out[k] for k in ("y", "h", "c", "dx", "dh0", "dc0")}
     res["dparams"] = param_grads(out)
     return res
+
+
+def run_in_threads(work, n, timeout=None):
+    """``work(i)`` for i in range(n), each on its own thread, all at once; returns the
+    exceptions they raised and the threads (joined, ``timeout`` seconds each at most)."""
+    errors = []
+
+    def guarded(i):
+        try:
+            work(i)
+        except BaseException as exc:  # the caller reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors, threads

@@ -1,7 +1,6 @@
 """Small-batch inference on two cores (``kernels/cpu/duo.py``): against the reference and the
 one-core path on odd sizes, with the partner present, absent, taken by another call, with 1,
 2 and 3 threads and under concurrent callers."""
-import threading
 import time
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import fastlstm
 from fastlstm.kernels.cpu import duo
 
-from helpers import assert_unchanged, snapshot
+from helpers import assert_unchanged, run_in_threads, snapshot
 
 #: Force the two-core path on small problems (the defaults keep it for H >= 128).
 FORCE = dict(duo_min_hidden=0, duo_min_steps=1, duo_max_bytes=1 << 30,
@@ -135,24 +134,17 @@ def test_concurrent_callers():
     """Four threads at once on two params: every result right, whichever path each took."""
     problems = [_problem(60, b, 12, 64, 1, np.float32, seed=10 + b) for b in (1, 3)]
     refs = [fastlstm.forward(x, p, h0, c0, device="reference") for p, x, h0, c0 in problems]
-    errors, paths = [], []
+    paths = []
 
     def work(k):
-        try:
-            with fastlstm.config.options("cpu", **FORCE):
-                for i in range(15):
-                    p, x, h0, c0 = problems[(k + i) % 2]
-                    res = fastlstm.forward(x, p, h0, c0)
-                    paths.append(res.paths[0])
-                    _check(res, refs[(k + i) % 2], np.float32)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        with fastlstm.config.options("cpu", **FORCE):
+            for i in range(15):
+                p, x, h0, c0 = problems[(k + i) % 2]
+                res = fastlstm.forward(x, p, h0, c0)
+                paths.append(res.paths[0])
+                _check(res, refs[(k + i) % 2], np.float32)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors, _ = run_in_threads(work, 4)
     assert not errors, errors[0]
     assert set(paths) <= {"duo", "serial"} and "duo" in paths
 

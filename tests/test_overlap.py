@@ -12,7 +12,8 @@ from fastlstm.kernels.cpu import duo, overlap
 from fastlstm.kernels.cpu.parallel import tasks_on
 
 from fastlstm.testing import assert_close
-from helpers import Config, assert_unchanged, compare, make_problem, run, snapshot
+from helpers import (Config, assert_unchanged, compare, make_problem, run, run_in_threads,
+                     snapshot)
 
 #: Overlap at any size, on two threads.
 FORCE = dict(threads=2, overlap_min_flop=0, overlap_min_rows=1, overlap_chunks=5)
@@ -180,26 +181,18 @@ def test_the_recurrence_fed_block_by_block_computes_every_block(dtype):
 def test_concurrent_callers_get_their_own_results():
     """Four threads training at once through the overlapped path (one of them at a time has
     the partner, the others do their chunks alone): each gets what it gets alone, bitwise."""
-    import threading
     problems = [make_problem(Config(T=19 + i, B=2, I=5, H=7), np.float64, seed=20 + i)
                 for i in range(4)]
     with config.options("cpu", **FORCE):
         want = [_grads(p)[2] for p in problems]
-    got, errors = [None] * 4, []
+    got = [None] * 4
 
     def work(i):
-        try:
-            with config.options("cpu", **FORCE):
-                for _ in range(5):
-                    got[i] = _grads(problems[i])[2]
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        with config.options("cpu", **FORCE):
+            for _ in range(5):
+                got[i] = _grads(problems[i])[2]
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors, threads = run_in_threads(work, 4, timeout=60)
     assert not any(t.is_alive() for t in threads), "a caller hung"
     assert not errors, errors
     for g, w in zip(got, want):
