@@ -57,6 +57,10 @@ class CPUConfig:
     serial_blas_min_flop: float = 200e6
     #: Fewest batch rows per parallel task.
     parallel_min_rows: int = 4
+    #: A parallel layer of two tasks hands the second to the two-core path's partner thread
+    #: (``kernels/cpu/pair.py``) instead of a thread pool (bench/NOTES.md, "Parallel layers
+    #: without the pool"). False: the pool.
+    pair_tasks: bool = True
     #: A serial layer (one direction, its BLAS on the calling thread) uses a second core beside
     #: its recurrences (``kernels/cpu/overlap.py``): the forward's input projection is computed
     #: in blocks ahead of the recurrence, the backward's dx and weight-gradient GEMMs in chunks

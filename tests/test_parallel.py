@@ -337,11 +337,24 @@ def test_run_tasks_while_the_pool_grows(monkeypatch):
 def test_release_workspace_frees_every_threads_scratch(threads):
     threads(2)
     p = make_problem(Config(T=6, B=16, I=5, H=8), np.float32, seed=5)
-    fastlstm.forward(p.x, p.params, device="cpu")  # two batch-slice tasks: two threads' scratch
-    held = [pool for pool in cpu_backend._all_pools if pool.bufs]
-    assert len(held) >= 2  # the caller's and a worker's
-    fastlstm.release_workspace()
-    assert not any(pool.bufs for pool in cpu_backend._all_pools)
+    fastlstm.forward(p.x, p.params, device="cpu")  # the caller's scratch (both tasks')
+    done, leave = threading.Event(), threading.Event()
+
+    def another_thread():  # and, while it lives, another thread's
+        fastlstm.forward(p.x, p.params, device="cpu")
+        done.set()
+        leave.wait()
+    other = threading.Thread(target=another_thread)
+    other.start()
+    try:
+        assert done.wait(60)
+        held = [pool for pool in cpu_backend._all_pools if pool.bufs]
+        assert len(held) >= 2
+        fastlstm.release_workspace()
+        assert not any(pool.bufs for pool in cpu_backend._all_pools)
+    finally:
+        leave.set()
+        other.join()
     again = fastlstm.forward(p.x, p.params, device="cpu").y  # buffers are made afresh
     np.testing.assert_allclose(again, fastlstm.forward(p.x, p.params, device="reference").y,
                                rtol=2e-5, atol=2e-6)

@@ -566,8 +566,10 @@ def test_parallel_layers_in_the_operators_run_on_the_chosen_threads(framework_th
             return real(*args)
         return wrapped
 
-    monkeypatch.setattr(cpu_backend, "_forward_task", spy(cpu_backend._forward_task))
-    monkeypatch.setattr(cpu_backend, "_backward_task", spy(cpu_backend._backward_task))
+    from fastlstm.kernels.cpu import pair
+    # the tasks' compiled calls: on a thread team's threads, or the partner thread's
+    monkeypatch.setattr(cpu_backend, "_calls", spy(cpu_backend._calls))
+    monkeypatch.setattr(pair, "_run_calls", spy(pair._run_calls))
     ref, m = _pair(12, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=F64)
     with config.options("cpu", parallel_min_flop=0, threads=2, parallel_min_rows=1,

@@ -45,9 +45,11 @@ import numba
 import numpy as np
 
 from .. import config
-from ..kernels.cpu.parallel import (add_split, can_pin, grad_gemms, matmul_into, matmul_tn_into,
-                                    run_tasks, single_threaded_blas, split_rows)
-from ..kernels.cpu import smallgemm
+from ..kernels.cpu.parallel import (add_split, can_pin, copy_rows, grad_gemms, matmul_into,
+                                    matmul_tn_into, run_tasks, runner_set, single_threaded_blas,
+                                    split_rows)
+from ..kernels.cpu import duo, smallgemm
+from ..kernels.cpu.pair import run_pair
 from ..kernels.cpu.recurrence import (NO_PROGRESS, BackwardOut, BackwardWeights, Blocks,
                                       ForwardOut, ForwardWeights, Saved, StepInput, no_feed,
                                       recurrence_backward, recurrence_forward, stack_x_hprev)
@@ -78,10 +80,11 @@ def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
     Only for arrays no result or cache keeps. A fresh large array costs first-touch page
     faults on every call (50 ms for the 42 MB input projection at T=20, B=128, H=1024:
     bench/NOTES.md); one buffer per key and thread avoids that. Threads never share one.
-    Keys: ``xg`` (input projection; ``xg1`` the second half's on the two-core path), ``xw`` (a task's batch slice of the layer input),
-    ``dgates`` and ``dhp`` (a task's gate / projected-output gradients), ``dx_part`` (a batch
-    slice's input gradient before it goes to its rows), ``xh`` (a task's ``[x | h_prev]``
-    rows for its weight-gradient GEMM).
+    Keys: ``xg`` (input projection; ``xg1`` the second half's on the two-core path), ``xw`` (a
+    task's batch slice of the layer input), ``dgates`` and ``dhp`` (gate / projected-output
+    gradients), ``dx_part`` (a batch slice's input gradient before it goes to its rows), ``xh``
+    (a task's ``[x | h_prev]`` rows for its weight-gradient GEMM). A parallel layer's tasks
+    are prepared on the calling thread: their keys end in the task's number.
     """
     pool = getattr(_tls, "pool", None)
     if pool is None:
@@ -143,12 +146,24 @@ def _layer_flop(T, B, I, H, P, D, proj):
 
 
 def _run(fn, ctx, tasks, parallel):
-    if parallel:
-        with single_threaded_blas():
-            run_tasks(fn, [(ctx,) + tuple(t) for t in tasks])
-    else:
-        for t in tasks:
-            fn(ctx, *t)
+    """``fn(ctx, *t)`` for each task; on the parallel path each returns its compiled calls
+    (built here, on the calling thread), which then run on the cores at once."""
+    calls = [fn(ctx, *t) for t in tasks]  # a serial task runs in fn and gives None
+    if not parallel:
+        for c in calls:
+            if c:
+                _calls(c)
+        return
+    with single_threaded_blas():
+        if not (len(calls) == 2 and ctx.cfg.pair_tasks and not runner_set()
+                and not numba.config.DISABLE_JIT
+                and run_pair(duo.partner(ctx.cfg.duo_spins), calls[0], calls[1])):
+            run_tasks(_calls, [(c,) for c in calls])
+
+
+def _calls(calls):
+    for fn, args in calls:
+        fn(*args)
 
 
 def _pin_serial(flop, cfg) -> bool:
@@ -214,8 +229,10 @@ class _ForwardLayer:
     feed: Any = None         # serial path: the blocks xg_all is computed in as steps reach it
 
 
-def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
-    """One direction and row range of a layer's forward (phases 1 and 2)."""
+def _forward_task(L: _ForwardLayer, i, d, b0, b1, xh_out):
+    """One direction and row range of a layer's forward (phases 1 and 2). On the parallel path
+    (task ``i``) the compiled calls to make, as ``[(fn, args), ...]``: the calling thread
+    builds every task's arguments and :func:`_run` hands them to the cores; otherwise it runs."""
     params, prep, cfg = L.params, L.prep, L.cfg
     T, B = L.layer_in.shape[0], L.layer_in.shape[1]
     H, P = params.hidden_size, params.output_size
@@ -224,19 +241,20 @@ def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
     Bw = b1 - b0
     empty3 = np.empty((0, 0, 0), dt)
     x_in, w_ih_tb, mb_ih = empty3, empty3, 1
+    calls = []
     if L.parallel and cfg.fuse_input:
         # phase 1 inside the recurrence: each step's x_t @ W_ih^T in small blocks
         xg, xg_off, row0, x_in = empty3, 0, b0, L.layer_in
         w_ih_tb, mb_ih = col_blocks(params, ("w_ih_t", L.layer, d), prep.w_ih_t[d], Bw, False, cfg)
-    elif L.parallel:  # this slice's own phase 1, on this thread
+    elif L.parallel:  # this slice's own phase 1, on its core
         if Bw == B:
             xw = L.layer_in.reshape(T * B, -1)
         else:
-            xw = workspace("xw", (T, Bw, L.layer_in.shape[2]), dt)
-            np.copyto(xw, L.layer_in[:, b0:b1])
+            xw = workspace(f"xw{i}", (T, Bw, L.layer_in.shape[2]), dt)
+            calls.append((copy_rows, (L.layer_in, b0, xw)))
             xw = xw.reshape(T * Bw, -1)
-        xg = workspace("xg", (T * Bw, 4 * H), dt)
-        matmul_into(xw, prep.w_ih_t[d], xg)
+        xg = workspace(f"xg{i}", (T * Bw, 4 * H), dt)
+        calls.append((matmul_into, (xw, prep.w_ih_t[d], xg)))
         xg, xg_off, row0 = xg.reshape(T, Bw, 4 * H), 0, 0
     else:
         xg, xg_off, row0 = L.xg_all, d * 4 * H, b0
@@ -246,19 +264,21 @@ def _forward_task(L: _ForwardLayer, d, b0, b1, xh_out):
     gates, cells = L.dirs[d]
     # plain tuples at the call: Numba types them in C (a namedtuple goes through Python's
     # typeof, ~60 us per call)
-
-    def rec(feed):
-        recurrence_forward(tuple(StepInput(xg, xg_off, x_in, w_ih_tb, row0)),
-                           tuple(ForwardWeights(prep.bias[d], w_hh_tb, w_hr_tb)),
-                           L.h0[k, b0:b1], L.c0[k, b0:b1], L.lengths[b0:b1], d == 1,
-                           tuple(ForwardOut(L.y, d * P, b0, L.h_n[k, b0:b1], L.c_n[k, b0:b1])),
-                           tuple(Saved(gates, cells, xh_out)), L.training,
-                           tuple(Blocks(mb_hh, mb_hr, mb_ih)), feed)
+    args = (tuple(StepInput(xg, xg_off, x_in, w_ih_tb, row0)),
+            tuple(ForwardWeights(prep.bias[d], w_hh_tb, w_hr_tb)),
+            L.h0[k, b0:b1], L.c0[k, b0:b1], L.lengths[b0:b1], d == 1,
+            tuple(ForwardOut(L.y, d * P, b0, L.h_n[k, b0:b1], L.c_n[k, b0:b1])),
+            tuple(Saved(gates, cells, xh_out)), L.training, tuple(Blocks(mb_hh, mb_hr, mb_ih)))
+    if L.parallel:
+        calls.append((recurrence_forward, args + (no_feed(dt),)))
+        return calls
     if L.feed is None:
-        rec(no_feed(dt))
+        recurrence_forward(*args, no_feed(dt))
     else:
-        cpu_overlap.recurrence_fed(rec, L.feed, params, L.layer, L.layer_in.reshape(T * B, -1),
-                                   prep.w_ih_cat_t, L.xg_all.reshape(T * B, -1), B, cfg)
+        cpu_overlap.recurrence_fed(lambda feed: recurrence_forward(*args, feed), L.feed, params,
+                                   L.layer, L.layer_in.reshape(T * B, -1), prep.w_ih_cat_t,
+                                   L.xg_all.reshape(T * B, -1), B, cfg)
+    return None
 
 
 def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, alloc=None):
@@ -325,7 +345,8 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
         ctx = _ForwardLayer(cfg, params, layer, prep, layer_in, xg_all, parallel, h0, c0,
                             lengths, y, h_n, c_n, dirs, training, feed)
         with pin:
-            _run(_forward_task, ctx, [t + (xh,) for t, xh in zip(tasks, xhs)], parallel)
+            _run(_forward_task, ctx, [(i,) + t + (xh,) for i, (t, xh) in enumerate(zip(tasks, xhs))],
+                 parallel)
         paths.append("parallel" if parallel else "serial")
         if own_xh:
             saved.append(LayerState(gates=tuple(g for g, _ in dirs), cells=tuple(c for _, c in dirs),
@@ -365,11 +386,14 @@ class _BackwardLayer:
     dc0: np.ndarray
     I: int
     parts: list = field(default_factory=list)
+    after: list = field(default_factory=list)  # per task: what _backward_after needs
 
 
 def _backward_task(L: _BackwardLayer, i):
     """Phase 2 for one direction and row range, then its phase 3 while its gate gradients are
-    fresh: no wait between the two, nothing shared with other tasks."""
+    fresh: no wait between the two, nothing shared with other tasks. On the parallel path the
+    compiled calls to make (as :func:`_forward_task`); what follows them is in
+    :func:`_backward_after`."""
     params, prep, cfg, sv = L.params, L.prep, L.cfg, L.saved
     H, P = params.hidden_size, params.output_size
     G = 4 * H
@@ -384,8 +408,10 @@ def _backward_task(L: _BackwardLayer, i):
     has_proj = params.proj_size > 0
     empty2, empty3 = np.empty((0, 0), dt), np.empty((0, 0, 0), dt)
     gates, cells = sv.gates[d], sv.cells[d]
-    dg = workspace("dgates", (T, Bw, G), dt)
-    dhp = workspace("dhp", (T, Bw, P), dt) if has_proj else empty3
+    # a parallel layer's scratch is the calling thread's, one set per task
+    tag = str(i) if L.parallel else ""
+    dg = workspace("dgates" + tag, (T, Bw, G), dt)
+    dhp = workspace("dhp" + tag, (T, Bw, P), dt) if has_proj else empty3
     threaded = not L.parallel
     w_hh_b, mb_hh = col_blocks(params, ("w_hh", L.layer, d), prep.w_hh[d], Bw, threaded, cfg)
     w_hr_b, mb_hr = col_blocks(params, ("w_hr", L.layer, d), prep.w_hr[d], Bw, threaded, cfg)
@@ -397,45 +423,62 @@ def _backward_task(L: _BackwardLayer, i):
         dx_step, dx2 = target, empty2
     else:
         w_ih_b, mb_ih, dx_step = empty3, 1, empty3
-        dx2 = target.reshape(rows, I_l) if whole else workspace("dx_part", (rows, I_l), dt)
+        dx2 = target.reshape(rows, I_l) if whole else workspace("dx_part" + tag, (rows, I_l), dt)
     db = np.empty(G, dt)
-
-    def rec(progress):
-        recurrence_backward(L.dy, d * P, b0, tuple(Saved(gates, cells, empty3)), L.c0[k, b0:b1],
-                            L.dh_n[k, b0:b1], L.dc_n[k, b0:b1], L.lengths[b0:b1], d == 1,
-                            tuple(BackwardWeights(w_hh_b, w_hr_b, w_ih_b)),
-                            tuple(BackwardOut(dg, dhp, 0, L.dh0[k, b0:b1], L.dc0[k, b0:b1],
-                                              dx_step, db)),
-                            tuple(Blocks(mb_hh, mb_hr, mb_ih)), progress)
+    rec_args = (L.dy, d * P, b0, tuple(Saved(gates, cells, empty3)), L.c0[k, b0:b1],
+                L.dh_n[k, b0:b1], L.dc_n[k, b0:b1], L.lengths[b0:b1], d == 1,
+                tuple(BackwardWeights(w_hh_b, w_hr_b, w_ih_b)),
+                tuple(BackwardOut(dg, dhp, 0, L.dh0[k, b0:b1], L.dc0[k, b0:b1], dx_step, db)),
+                tuple(Blocks(mb_hh, mb_hr, mb_ih)))
     hk = L.h0[k, b0:b1]
     if L.parallel:
-        rec(NO_PROGRESS)
+        calls = [(recurrence_backward, rec_args + (NO_PROGRESS,))]
         # [dW_ih | dW_hh] as one GEMM over [x | h_prev]: the gate gradients are read once
         # (item 18); the operand is the forward's (item 19) or built here, without the GIL
         if sv.xh:
             xh = sv.xh[i]
         else:
-            xh = workspace("xh", (T, Bw, I_l + P), dt)
-            stack_x_hprev(sv.x, b0, sv.y, d * P, hk, L.lengths[b0:b1], d == 1, xh)
+            xh = workspace("xh" + tag, (T, Bw, I_l + P), dt)
+            calls.append((stack_x_hprev, (sv.x, b0, sv.y, d * P, hk, L.lengths[b0:b1], d == 1,
+                                          xh)))
         dw = np.empty((G, I_l + P), dt)
-        grad_gemms(dg.reshape(rows, G), xh.reshape(rows, I_l + P), empty2, w_ih, dx2, dw, empty2)
-        dw_ih, dw_hh = dw, None  # split when the tasks' parts are summed
-    else:  # one task per direction, the whole batch: x as it is, h_prev alone
-        hp = np.empty((T, B, P), dt)
-        stack_x_hprev(np.empty((T, B, 0), dt), 0, sv.y, d * P, hk, L.lengths, d == 1, hp)
-        dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
-        edges = cpu_overlap.backward_edges(T, B, I_l, H, P, params.num_directions, has_proj, cfg)
-        cpu_overlap.recurrence_then_grads(rec, edges, params, L.layer, d, B, dg.reshape(rows, G),
-                                          sv.x.reshape(rows, I_l), hp.reshape(rows, P), w_ih, dx2,
-                                          dw_ih, dw_hh, cfg)
-    if not (whole or fuse):
-        target[:, b0:b1] = dx2.reshape(T, Bw, I_l)
-    dw_hr = None
-    if has_proj:
+        calls.append((grad_gemms, (dg.reshape(rows, G), xh.reshape(rows, I_l + P), empty2, w_ih,
+                                   dx2, dw, empty2)))
+        L.parts[i] = (dw, None, db, None)  # dW_ih and dW_hh split when the parts are summed
+        L.after[i] = (dg, dhp, dx2, fuse)
+        return calls
+    # one task per direction, the whole batch: x as it is, h_prev alone
+    hp = np.empty((T, B, P), dt)
+    stack_x_hprev(np.empty((T, B, 0), dt), 0, sv.y, d * P, hk, L.lengths, d == 1, hp)
+    dw_ih, dw_hh = np.empty((G, I_l), dt), np.empty((G, P), dt)
+    edges = cpu_overlap.backward_edges(T, B, I_l, H, P, params.num_directions, has_proj, cfg)
+    cpu_overlap.recurrence_then_grads(lambda progress: recurrence_backward(*rec_args, progress),
+                                      edges, params, L.layer, d, B, dg.reshape(rows, G),
+                                      sv.x.reshape(rows, I_l), hp.reshape(rows, P), w_ih, dx2,
+                                      dw_ih, dw_hh, cfg)
+    L.parts[i] = (dw_ih, dw_hh, db, None)
+    L.after[i] = (dg, dhp, dx2, fuse)
+    _backward_after(L, i)
+    return None
+
+
+def _backward_after(L: _BackwardLayer, i):
+    """A task's input-gradient rows to their place and its ``dW_hr``, after its calls."""
+    params, sv = L.params, L.saved
+    H, P = params.hidden_size, params.output_size
+    T, B = L.dy.shape[0], L.dy.shape[1]
+    d, b0, b1 = L.tasks[i]
+    dg, dhp, dx2, fuse = L.after[i]
+    rows = T * (b1 - b0)
+    if not (b1 - b0 == B or fuse):
+        target = L.dx if d == 0 else L.dx_rev
+        target[:, b0:b1] = dx2.reshape(T, b1 - b0, L.I)
+    if params.proj_size > 0:
+        gates, cells = sv.gates[d], sv.cells[d]
         hh = gates[:, b0:b1, 3 * H:] * np.tanh(cells[:, b0:b1])  # o * tanh(c); 0 padded
-        dw_hr = np.empty((P, H), dt)
+        dw_hr = np.empty((P, H), params.dtype)
         matmul_tn_into(dhp.reshape(rows, P), hh.reshape(rows, H), dw_hr)
-    L.parts[i] = (dw_ih, dw_hh, db, dw_hr)
+        L.parts[i] = L.parts[i][:3] + (dw_hr,)
 
 
 def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
@@ -470,11 +513,14 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
         dx_rev = np.empty((T, B, I_l), dt) if D > 1 else None
         ctx = _BackwardLayer(cfg, params, layer, _prepare(params, layer), sv, tasks, parallel,
                              dy_layer, state.h0, state.c0, dh_n, dc_n, state.lengths, dx, dx_rev,
-                             dh0, dc0, I_l, [None] * len(tasks))
+                             dh0, dc0, I_l, [None] * len(tasks), [None] * len(tasks))
         pin = single_threaded_blas() if not threads and (sv.xh or _pin_serial(flop, cfg)) \
             else _NO_PIN
         with pin:
             _run(_backward_task, ctx, [(i,) for i in range(len(tasks))], threads)
+            if parallel:
+                for i in range(len(tasks)):
+                    _backward_after(ctx, i)
         if dx_rev is not None:
             dx += dx_rev
         dirs = []

@@ -30,7 +30,7 @@ import numpy as np
 from .jit import jit
 
 __all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "runner_set", "tasks_on",
-           "split_rows", "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
+           "split_rows", "copy_rows", "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
 
 _lock = threading.Lock()
 _state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
@@ -220,6 +220,14 @@ def split_rows(B: int, parts: int) -> list[tuple[int, int]]:
 def matmul_into(a, b, out):
     """``out = a @ b`` through SciPy's BLAS without the GIL (``a``, ``b``, ``out`` C-contiguous)."""
     np.dot(a, b, out)
+
+
+@jit(cache=True, nogil=True)
+def copy_rows(src, b0, out):
+    """``out = src[:, b0:b0 + out.shape[1]]`` (3-D): a task's batch slice of a layer's input."""
+    for t in range(out.shape[0]):
+        for b in range(out.shape[1]):
+            out[t, b] = src[t, b0 + b]
 
 
 @jit(cache=True, nogil=True)
