@@ -84,7 +84,7 @@ def workspace(key: str, shape: tuple, dtype) -> np.ndarray:
     task's batch slice of the layer input), ``dgates`` and ``dhp`` (gate / projected-output
     gradients), ``dx_part`` (a batch slice's input gradient before it goes to its rows), ``xh``
     (a task's ``[x | h_prev]`` rows for its weight-gradient GEMM). A parallel layer's tasks
-    are prepared on the calling thread: their keys end in the task's number.
+    are prepared on the calling thread: their keys end in ``#`` and the task's number.
     """
     pool = getattr(_tls, "pool", None)
     if pool is None:
@@ -250,10 +250,10 @@ def _forward_task(L: _ForwardLayer, i, d, b0, b1, xh_out):
         if Bw == B:
             xw = L.layer_in.reshape(T * B, -1)
         else:
-            xw = workspace(f"xw{i}", (T, Bw, L.layer_in.shape[2]), dt)
+            xw = workspace(f"xw#{i}", (T, Bw, L.layer_in.shape[2]), dt)
             calls.append((copy_rows, (L.layer_in, b0, xw)))
             xw = xw.reshape(T * Bw, -1)
-        xg = workspace(f"xg{i}", (T * Bw, 4 * H), dt)
+        xg = workspace(f"xg#{i}", (T * Bw, 4 * H), dt)
         calls.append((matmul_into, (xw, prep.w_ih_t[d], xg)))
         xg, xg_off, row0 = xg.reshape(T, Bw, 4 * H), 0, 0
     else:
@@ -409,7 +409,7 @@ def _backward_task(L: _BackwardLayer, i):
     empty2, empty3 = np.empty((0, 0), dt), np.empty((0, 0, 0), dt)
     gates, cells = sv.gates[d], sv.cells[d]
     # a parallel layer's scratch is the calling thread's, one set per task
-    tag = str(i) if L.parallel else ""
+    tag = f"#{i}" if L.parallel else ""
     dg = workspace("dgates" + tag, (T, Bw, G), dt)
     dhp = workspace("dhp" + tag, (T, Bw, P), dt) if has_proj else empty3
     threaded = not L.parallel
