@@ -45,6 +45,9 @@ class _FakePartner:
     def release(self, busy):
         self.released.append(busy)
 
+    def in_a_row(self, sign, seen):
+        return False
+
 
 def _lists(rng):
     src = rng.standard_normal(1000)

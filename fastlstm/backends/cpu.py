@@ -345,8 +345,8 @@ def lstm_forward(x, params, h0, c0, lengths, masks=None, training=False, *, allo
         ctx = _ForwardLayer(cfg, params, layer, prep, layer_in, xg_all, parallel, h0, c0,
                             lengths, y, h_n, c_n, dirs, training, feed)
         with pin:
-            _run(_forward_task, ctx, [(i,) + t + (xh,) for i, (t, xh) in enumerate(zip(tasks, xhs))],
-                 parallel)
+            _run(_forward_task, ctx,
+                 [(i,) + t + (xh,) for i, (t, xh) in enumerate(zip(tasks, xhs))], parallel)
         paths.append("parallel" if parallel else "serial")
         if own_xh:
             saved.append(LayerState(gates=tuple(g for g, _ in dirs), cells=tuple(c for _, c in dirs),

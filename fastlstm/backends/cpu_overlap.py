@@ -35,7 +35,6 @@ OVERLAP_WAIT = 10_000
 #: 0.99 and more, now and then 0.8-0.9; beside one busy process 0.35-0.85); two such calls in
 #: a row back the partner off.
 STARVED = 0.8
-_starved = [0]  # such calls in a row (a race between threads only miscounts one)
 
 
 def _two_cores(cfg) -> bool:
@@ -96,8 +95,7 @@ def _share(kernel, args, jobs, cfg, first=None, late_ok=False):
         finally:
             if posted:
                 starved = time.thread_time() - cpu_time < STARVED * (time.perf_counter() - wall)
-                _starved[0] = _starved[0] + 1 if starved else 0
-                partner.release(spins > OVERLAP_WAIT or _starved[0] >= 2
+                partner.release(spins > OVERLAP_WAIT or partner.in_a_row("starved", starved)
                                 or (not late_ok and ctrl[overlap.HELPED] == 0))
 
 

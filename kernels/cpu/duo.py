@@ -297,6 +297,7 @@ class Partner:
         self.last_share = 0.0
         self._until = 0.0
         self._backoff = 0.05
+        self._in_a_row = {}
         self._busy = threading.Lock()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fastlstm-partner", daemon=True)
@@ -346,6 +347,15 @@ class Partner:
         self._slot = None
         self._judge(busy)
         self._busy.release()
+
+    def in_a_row(self, sign: str, seen: bool) -> bool:
+        """Whether the calling threads' :meth:`offer` jobs showed ``sign`` (a name: each is
+        counted apart) ``seen`` now and in the job before: one job is often a coincidence,
+        two in a row mean another process is taking turns with the call (a race between
+        callers only miscounts one job)."""
+        n = self._in_a_row.get(sign, 0) + 1 if seen else 0
+        self._in_a_row[sign] = n
+        return n >= 2
 
     def usable(self) -> bool:
         """False while backing off after a job that found the second core busy."""

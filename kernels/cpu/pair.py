@@ -20,6 +20,7 @@ claimed.
 """
 from __future__ import annotations
 
+import resource
 import time
 
 import numpy as np
@@ -61,6 +62,11 @@ def _await_finish(ctrl):
     return spins
 
 
+def _preempted() -> int:
+    """This thread's involuntary context switches so far (another runnable thread took its core)."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+
+
 def _run_calls(calls):
     for fn, args in calls:
         fn(*args)
@@ -93,11 +99,14 @@ def run_pair(partner, first, second) -> bool:
     False, having run nothing, when the partner is taken by another call or backing off after
     finding the second core busy (``duo.Partner.offer``): the caller then runs them its own way.
     The partner backs off after a pair it did not start within ``JOIN_WITHIN`` of the caller's
-    start or whose end the caller waited ``PAIR_WAIT`` pause loops for."""
+    start, one whose end the caller waited ``PAIR_WAIT`` pause loops for, or the second in a
+    row in which the caller was preempted (another runnable thread took its core: the
+    partner's spinning then costs the caller its core; the share of a core the caller got
+    would not tell, as its waits for the GIL count against it)."""
     pair = Pair(second)
     if not partner.offer(Pair.partner_side, (pair,)):
         return False
-    start = time.perf_counter()
+    start, switched = time.perf_counter(), _preempted()
     busy = False
     try:
         _run_calls(first)
@@ -109,7 +118,7 @@ def run_pair(partner, first, second) -> bool:
             else:
                 busy = _await_finish(pair.ctrl) > PAIR_WAIT
         finally:
-            partner.release(busy)
+            partner.release(busy or partner.in_a_row("preempted", _preempted() > switched))
     if pair.error is not None:
         raise pair.error
     return True
