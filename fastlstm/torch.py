@@ -42,8 +42,8 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
                       '(from a checkout: pip install -e ".[torch]")') from exc
 
 from .api import thin_forward
-from .torch_ops import (CUSTOM_OPS, _CPU_DTYPES, _RUNNER, _eager_inference, _infer,  # noqa: F401
-                        _needs_grad, _params_of, _run)
+from .torch_ops import (CUSTOM_OPS, _CPU_DTYPES, _RUNNER, _HostCell,  # noqa: F401
+                        _eager_inference, _infer, _needs_grad, _params_of, _run)
 
 __all__ = ["LSTM", "LSTMCell", "from_torch", "to_torch", "replace_lstms"]
 
@@ -199,9 +199,13 @@ class LSTMCell(nn.RNNCellBase):
                              c0.unsqueeze(0), self)
             h, c = h[0], c[0]
             return (h[0], c[0]) if unbatched else (h, c)
-        _, h, c = _run(self, weights, [1, 0, 0, int(self.bias)], x.unsqueeze(0),
-                       h0.unsqueeze(0), c0.unsqueeze(0), None, None)
-        h, c = h[0], c[0]
+        if x.is_cpu and x.shape[0] > 0 and not torch.compiler.is_compiling():
+            h, c = _HostCell.apply(x.contiguous(), h0.contiguous(), c0.contiguous(),
+                                   *(w.contiguous() for w in weights))
+        else:
+            _, h, c = _run(self, weights, [1, 0, 0, int(self.bias)], x.unsqueeze(0),
+                           h0.unsqueeze(0), c0.unsqueeze(0), None, None)
+            h, c = h[0], c[0]
         return (h[0], c[0]) if unbatched else (h, c)
 
 

@@ -17,6 +17,7 @@ from .backends import cpu as _cpu
 from .api import thin_forward
 from .backends.state import LayerState, TrainingState
 from ._omp import gomp_runner
+from .kernels.cpu.cell import cell_backward, cell_forward
 from .kernels.cpu.parallel import single_threaded_blas as _single_threaded_blas
 from .kernels.cpu.parallel import tasks_on
 from .params import LSTMParams
@@ -345,6 +346,55 @@ class _HostLSTM(torch.autograd.Function):
         return (torch.from_numpy(dx), None if h0 is None else torch.from_numpy(dh0),
                 None if c0 is None else torch.from_numpy(dc0), None, None, None, None,
                 *(torch.from_numpy(g) for g in dparams.values()))
+
+
+class _HostCell(torch.autograd.Function):
+    """An ``LSTMCell`` training call on CPU tensors: one compiled kernel each way
+    (``kernels/cpu/cell.py``), reading the weights as torch stores them, so nothing is
+    derived from them per call or per optimizer step. ``h0``, ``c0`` (B, H) are tensors
+    (zeros when the module got none). The tensors the backward reads (inputs, weights and
+    ``c1``) are saved: an in-place change to any of them before the backward raises torch's
+    error."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, *weights):  # every tensor C-contiguous (LSTMCell.forward)
+        B, H = c0.shape
+        arrays = (x.detach().numpy(), h0.detach().numpy(), c0.detach().numpy())
+        dt = arrays[0].dtype
+        w = [t.detach().numpy() for t in weights]
+        b_ih, b_hh = (w[2], w[3]) if len(w) == 4 else (_NO_BIAS[dt], _NO_BIAS[dt])
+        gates = np.empty((B, 4 * H), dt)
+        c1, h1 = np.empty((B, H), dt), np.empty((B, H), dt)
+        with _single_threaded_blas():
+            cell_forward(*arrays, w[0], w[1], b_ih, b_hh, gates, c1, h1)
+        h1t, c1t = torch.from_numpy(h1), torch.from_numpy(c1)
+        ctx.arrays = arrays + (gates, c1, w[0], w[1])
+        ctx.save_for_backward(x, h0, c0, c1t, *weights)
+        return h1t, c1t
+
+    @staticmethod
+    def backward(ctx, gh, gc):
+        if torch.is_grad_enabled():  # backward(create_graph=True)
+            _no_double_backward(ctx)
+        ctx.saved_tensors  # torch's check for in-place changes
+        x, h0, c0, gates, c1, w_ih, w_hh = ctx.arrays
+        dt = x.dtype
+        B, H = c0.shape
+        dh1 = np.zeros((B, H), dt) if gh is None else _np(gh)
+        dc1 = np.zeros((B, H), dt) if gc is None else _np(gc)
+        dx, dh0, dc0 = np.empty_like(x), np.empty((B, H), dt), np.empty((B, H), dt)
+        dw_ih, dw_hh, db = np.empty_like(w_ih), np.empty_like(w_hh), np.empty(4 * H, dt)
+        with _single_threaded_blas():
+            cell_backward(x, h0, c0, gates, c1, dh1, dc1, w_ih, w_hh, dx, dh0, dc0, dw_ih, dw_hh,
+                          db)
+        dbt = torch.from_numpy(db)
+        biases = (dbt, dbt.clone()) if len(ctx.needs_input_grad) > 5 else ()
+        return (torch.from_numpy(dx), torch.from_numpy(dh0), torch.from_numpy(dc0),
+                torch.from_numpy(dw_ih), torch.from_numpy(dw_hh), *biases)
+
+
+_NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),
+            np.dtype(np.float64): np.empty(0, np.float64)}
 
 
 def _run(module, weights, dims, x, h0, c0, lengths, masks):

@@ -12,6 +12,7 @@ nn = torch.nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import fastlstm.torch as flt  # noqa: E402
+from fastlstm.torch_ops import _HostCell  # noqa: E402
 from fastlstm.testing import assert_close  # noqa: E402
 
 F64 = torch.float64
@@ -351,6 +352,62 @@ def test_lstm_cell_matches_nn_lstm_cell():
         h1, c1 = ref(x[0])
         h2, c2 = cell(x[0])  # unbatched, no hx
         assert h2.shape == (5,) and _rel(h2, h1) <= 1e-10 and _rel(c2, c1) <= 1e-10
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_cell_gradcheck_float64(bias):
+    """The cell's own training kernels (one call each way): gradients to the input, both
+    states and every weight, against finite differences."""
+    torch.manual_seed(3)
+    cell = flt.LSTMCell(4, 5, bias=bias).to(F64)
+    x = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    h0 = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    c0 = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    ws = [p.detach().clone().requires_grad_(True) for p in cell.parameters()]
+    assert torch.autograd.gradcheck(_HostCell.apply, (x, h0, c0, *ws), eps=1e-6, atol=1e-6,
+                                    rtol=1e-5)
+    h, c = _HostCell.apply(x, h0, c0, *ws)  # what the module's call gives
+    hm, cm = cell(x, (h0, c0))
+    assert torch.equal(h, hm) and torch.equal(c, cm)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_lstm_cell_training_call_against_nn_lstm_cell(dtype):
+    """Random rows, a non-contiguous input, states with and without gradients: the same
+    outputs and gradients as nn.LSTMCell, inputs unchanged; an in-place change to the output
+    cell state or a weight before the backward is torch's error; no double backward."""
+    torch.manual_seed(11)
+    ref = nn.LSTMCell(6, 7).to(dtype)
+    cell = flt.from_torch(copy.deepcopy(ref))
+    x = torch.randn(6, 5, dtype=dtype).t()  # (5, 6), not contiguous
+    hx = (torch.randn(5, 7, dtype=dtype), torch.randn(5, 7, dtype=dtype))
+    before = [x.clone(), hx[0].clone(), hx[1].clone()]
+    tol = 1e-10 if dtype == F64 else 2e-5
+    outs = []
+    for mod in (ref, cell):
+        xi = x.clone().requires_grad_(True)
+        h0 = hx[0].clone().requires_grad_(True)
+        h, c = mod(xi, (h0, hx[1]))
+        (h.pow(2).sum() + (c * c.detach()).sum()).backward()
+        outs.append([h, c, xi.grad, h0.grad, *[p.grad for p in mod.parameters()]])
+    for a, b in zip(outs[1], outs[0]):
+        assert a.shape == b.shape and _rel(a, b) <= tol
+    for a, b in zip(before, [x, *hx]):
+        assert torch.equal(a, b)
+    for change in ("cell", "weight"):
+        h, c = cell(x, hx)
+        loss = h.sum() + c.sum()
+        with torch.no_grad():
+            (c if change == "cell" else cell.weight_hh).add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+        if change == "weight":
+            with torch.no_grad():
+                cell.weight_hh.sub_(1.0)
+    xg = x.clone().requires_grad_(True)
+    h, _ = cell(xg, hx)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(h.sum(), xg, create_graph=True)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
