@@ -17,7 +17,8 @@ from .backends import cpu as _cpu
 from .api import thin_forward
 from .backends.state import LayerState, TrainingState
 from ._omp import gomp_runner
-from .kernels.cpu.cell import cell_backward, cell_forward
+from .kernels.cpu.cell import cell_backward, cell_dz, cell_forward, cell_update
+from .kernels.cpu.parallel import can_pin, matmul_into, matmul_tn_into
 from .kernels.cpu.parallel import single_threaded_blas as _single_threaded_blas
 from .kernels.cpu.parallel import tasks_on
 from .params import LSTMParams
@@ -365,8 +366,19 @@ class _HostCell(torch.autograd.Function):
         b_ih, b_hh = (w[2], w[3]) if len(w) == 4 else (_NO_BIAS[dt], _NO_BIAS[dt])
         gates = np.empty((B, 4 * H), dt)
         c1, h1 = np.empty((B, H), dt), np.empty((B, H), dt)
-        with _single_threaded_blas():
-            cell_forward(*arrays, w[0], w[1], b_ih, b_hh, gates, c1, h1)
+        x_, h0_, c0_ = arrays
+        ctx.split = _cell_split(B, x_.shape[1], H)
+        if ctx.split:  # the products on two cores, by gate columns
+            zx, zh = np.empty((2, B, 2 * H), dt), np.empty((2, B, 2 * H), dt)
+            parts = [[(matmul_into, (x_, w[0][k * 2 * H:(k + 1) * 2 * H].T, zx[k])),
+                      (matmul_into, (h0_, w[1][k * 2 * H:(k + 1) * 2 * H].T, zh[k]))]
+                     for k in (0, 1)]
+            with _task_threads():
+                _cpu.run_call_lists(parts, config.current("cpu"))
+            cell_update(zx, zh, b_ih, b_hh, c0_, gates, c1, h1)
+        else:
+            with _single_threaded_blas():
+                cell_forward(*arrays, w[0], w[1], b_ih, b_hh, gates, c1, h1)
         h1t, c1t = torch.from_numpy(h1), torch.from_numpy(c1)
         ctx.arrays = arrays + (gates, c1, w[0], w[1])
         ctx.save_for_backward(x, h0, c0, c1t, *weights)
@@ -384,13 +396,30 @@ class _HostCell(torch.autograd.Function):
         dc1 = np.zeros((B, H), dt) if gc is None else _np(gc)
         dx, dh0, dc0 = np.empty_like(x), np.empty((B, H), dt), np.empty((B, H), dt)
         dw_ih, dw_hh, db = np.empty_like(w_ih), np.empty_like(w_hh), np.empty(4 * H, dt)
-        with _single_threaded_blas():
-            cell_backward(x, h0, c0, gates, c1, dh1, dc1, w_ih, w_hh, dx, dh0, dc0, dw_ih, dw_hh,
-                          db)
+        if ctx.split:  # the four products as two pairs on two cores
+            dz = np.empty(gates.shape, dt)
+            cell_dz(gates, c0, c1, dh1, dc1, dz, dc0, db)
+            parts = [[(matmul_into, (dz, w_hh, dh0)), (matmul_into, (dz, w_ih, dx))],
+                     [(matmul_tn_into, (dz, h0, dw_hh)), (matmul_tn_into, (dz, x, dw_ih))]]
+            with _task_threads():
+                _cpu.run_call_lists(parts, config.current("cpu"))
+        else:
+            with _single_threaded_blas():
+                cell_backward(x, h0, c0, gates, c1, dh1, dc1, w_ih, w_hh, dx, dh0, dc0, dw_ih,
+                              dw_hh, db)
         dbt = torch.from_numpy(db)
         biases = (dbt, dbt.clone()) if len(ctx.needs_input_grad) > 5 else ()
         return (torch.from_numpy(dx), torch.from_numpy(dh0), torch.from_numpy(dc0),
                 torch.from_numpy(dw_ih), torch.from_numpy(dw_hh), *biases)
+
+
+def _cell_split(B, I, H) -> bool:
+    """Whether a cell's training call runs its products on two cores: at least
+    ``CPUConfig.parallel_min_flop`` in forward and backward together (the hand-over costs
+    tens of microseconds), two threads, SciPy's BLAS pinnable."""
+    cfg = config.current("cpu")
+    return (6.0 * B * 4 * H * (I + H) >= cfg.parallel_min_flop and _cpu.num_threads(cfg) >= 2
+            and can_pin())
 
 
 _NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),

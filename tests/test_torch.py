@@ -12,7 +12,7 @@ nn = torch.nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import fastlstm.torch as flt  # noqa: E402
-from fastlstm.torch_ops import _HostCell  # noqa: E402
+from fastlstm.torch_ops import _HostCell, _cell_split  # noqa: E402
 from fastlstm.testing import assert_close  # noqa: E402
 
 F64 = torch.float64
@@ -354,8 +354,23 @@ def test_lstm_cell_matches_nn_lstm_cell():
         assert h2.shape == (5,) and _rel(h2, h1) <= 1e-10 and _rel(c2, c1) <= 1e-10
 
 
+@pytest.fixture(params=["one core", "two cores"])
+def cell_cores(request):
+    """A cell's training call with its products on one core, or split over two (forced)."""
+    from fastlstm import config
+    from fastlstm.kernels.cpu.parallel import can_pin
+    if request.param == "one core":
+        yield
+        return
+    if not can_pin():
+        pytest.skip("SciPy's OpenBLAS not found: one core only")
+    with config.options("cpu", parallel_min_flop=0, threads=2):
+        assert _cell_split(1, 1, 1)
+        yield
+
+
 @pytest.mark.parametrize("bias", [True, False])
-def test_lstm_cell_gradcheck_float64(bias):
+def test_lstm_cell_gradcheck_float64(bias, cell_cores):
     """The cell's own training kernels (one call each way): gradients to the input, both
     states and every weight, against finite differences."""
     torch.manual_seed(3)
@@ -372,7 +387,7 @@ def test_lstm_cell_gradcheck_float64(bias):
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
-def test_lstm_cell_training_call_against_nn_lstm_cell(dtype):
+def test_lstm_cell_training_call_against_nn_lstm_cell(dtype, cell_cores):
     """Random rows, a non-contiguous input, states with and without gradients: the same
     outputs and gradients as nn.LSTMCell, inputs unchanged; an in-place change to the output
     cell state or a weight before the backward is torch's error; no double backward."""

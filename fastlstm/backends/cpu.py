@@ -154,10 +154,18 @@ def _run(fn, ctx, tasks, parallel):
             if c:
                 _calls(c)
         return
+    run_call_lists(calls, ctx.cfg)
+
+
+def run_call_lists(calls, cfg) -> None:
+    """Independent lists of compiled calls (``[(fn, args), ...]`` each, run in order) on the
+    cores at once, SciPy's BLAS pinned to one thread: two lists on the calling thread and the
+    partner (``kernels/cpu/pair.py``), more (or the partner taken) on the pool, or on the
+    framework's threads inside ``parallel.tasks_on``."""
     with single_threaded_blas():
-        if not (len(calls) == 2 and ctx.cfg.pair_tasks and not runner_set()
+        if not (len(calls) == 2 and cfg.pair_tasks and not runner_set()
                 and not numba.config.DISABLE_JIT
-                and run_pair(duo.partner(ctx.cfg.duo_spins), calls[0], calls[1])):
+                and run_pair(duo.partner(cfg.duo_spins), calls[0], calls[1])):
             run_tasks(_calls, [(c,) for c in calls])
 
 
