@@ -15,9 +15,11 @@ recurrence's outputs, shifted), ``dW_hr`` and ``dx`` as whole-sequence GEMMs; ``
 inside the backward recurrence while each step's gate gradients are in cache.
 
 Layers large enough to gain (``plan_tasks``) run as parallel tasks instead: each direction and
-batch slice does its own phases 1 and 2 on a worker thread (``kernels/cpu/parallel.py``), phase 1
-inside the recurrence: each step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix blocks, like the
-recurrent product (``CPUConfig.fuse_input``). In backward, every task (the serial path's too: one per
+batch slice does its own phases 1 and 2 on its own core, phase 1 inside the recurrence: each
+step's ``x_t @ W_ih^T`` in OpenBLAS's small-matrix blocks, like the recurrent product
+(``CPUConfig.fuse_input``). The calling thread builds every task's compiled calls; two tasks
+run on it and the partner thread (``kernels/cpu/pair.py``), more on a pool
+(``kernels/cpu/parallel.py``). In backward, every task (the serial path's too: one per
 direction) runs its recurrence and then its own rows' phase 3, and the partial weight
 gradients are summed; a parallel task's recurrence also computes each step's ``dx`` rows while
 that step's gate gradients are in cache (``fuse_dx``), and its ``dW_ih`` and ``dW_hh`` come
