@@ -12,6 +12,9 @@ Backends: ``torch`` (the model as built, ``nn.LSTM``) and ``fastlstm`` (a copy a
 two models give the same logits (and, for ``train``, the same gradients) within the float32
 tolerance.
 
+``cell``: ``LSTMCell`` training, 20 steps unrolled (backends ``fastlstm``: a copy after
+``from_torch``, and ``torch``).
+
 ``overhead``: the module's cost over the NumPy call at T = 1, B = 1, H = 64 (backends
 ``module`` and ``numpy``: ``fastlstm.torch.LSTM`` under ``inference_mode`` and
 ``fastlstm.forward``; ``module_train`` and ``numpy_train``: forward + backward with gradients
@@ -114,6 +117,50 @@ def test_model(benchmark, bench_timer, torch_threads, case, mode, backend):
     benchmark.extra_info.update(case=name, mode=mode, backend=backend, T=T, B=B, H=H,
                                 dtype="float32")
     bench_timer.run(benchmark, fn, 0.0)
+
+
+# ---------------------------------------------------------------------------- LSTMCell
+#: (B, H) of the cell benchmark: ``CELL_STEPS`` steps of LSTMCell(32, H) unrolled in Python, a
+#: loss on every step's h, backward (what a streaming or RL training loop does)
+CELL_CASES = [(1, 64), (8, 128), (32, 256)]
+CELL_STEPS = 20
+
+
+def _cell_fn(cell, xs):
+    B, H = xs.shape[1], cell.hidden_size
+
+    def fn():
+        cell.zero_grad(set_to_none=True)
+        h = c = xs.new_zeros((B, H))
+        loss = 0.0
+        for t in range(xs.shape[0]):
+            h, c = cell(xs[t], (h, c))
+            loss = loss + h.sum()
+        loss.backward()
+        return loss
+    return fn
+
+
+@pytest.mark.parametrize("case", CELL_CASES, ids=lambda c: f"B{c[0]}_H{c[1]}")
+@pytest.mark.parametrize("backend", ["fastlstm", "torch"])
+def test_cell_training(benchmark, bench_timer, torch_threads, case, backend):
+    B, H = case
+    torch.manual_seed(0)
+    ref = torch.nn.LSTMCell(E, H)
+    cells = {"torch": ref, "fastlstm": flt.from_torch(copy.deepcopy(ref))}
+    xs = torch.randn(CELL_STEPS, B, E, generator=torch.Generator().manual_seed(1))
+    losses, grads = {}, {}
+    for name, cell in cells.items():  # the same loss and gradients from both (float32)
+        losses[name] = _cell_fn(cell, xs)().detach()
+        grads[name] = [p.grad.clone() for p in cell.parameters()]
+    assert _rel(losses["fastlstm"], losses["torch"]) <= 2e-5
+    for a, b in zip(grads["fastlstm"], grads["torch"]):
+        assert _rel(a, b) <= 1e-4
+    name = f"cell{CELL_STEPS}_B{B}_H{H}"
+    benchmark.group = f"torch-{name}-train"
+    benchmark.extra_info.update(case=name, mode="train", backend=backend, T=CELL_STEPS, B=B, H=H,
+                                dtype="float32")
+    bench_timer.run(benchmark, _cell_fn(cells[backend], xs), 0.0)
 
 
 # ---------------------------------------------------------------------------- overhead
