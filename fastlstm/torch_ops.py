@@ -17,8 +17,8 @@ from .backends import cpu as _cpu
 from .api import thin_forward
 from .backends.state import LayerState, TrainingState
 from ._omp import gomp_runner
-from .kernels.cpu.cell import cell_backward, cell_dz, cell_forward, cell_update
-from .kernels.cpu.parallel import can_pin, matmul_into, matmul_tn_into
+from .kernels.cpu.cell import cell_backward, cell_dz, cell_forward, cell_update, two_products
+from .kernels.cpu.parallel import can_pin
 from .kernels.cpu.parallel import single_threaded_blas as _single_threaded_blas
 from .kernels.cpu.parallel import tasks_on
 from .params import LSTMParams
@@ -370,8 +370,8 @@ class _HostCell(torch.autograd.Function):
         ctx.split = _cell_split(B, x_.shape[1], H)
         if ctx.split:  # the products on two cores, by gate columns
             zx, zh = np.empty((2, B, 2 * H), dt), np.empty((2, B, 2 * H), dt)
-            parts = [[(matmul_into, (x_, w[0][k * 2 * H:(k + 1) * 2 * H].T, zx[k])),
-                      (matmul_into, (h0_, w[1][k * 2 * H:(k + 1) * 2 * H].T, zh[k]))]
+            parts = [[(two_products, (x_, w[0][k * 2 * H:(k + 1) * 2 * H].T, zx[k],
+                                      h0_, w[1][k * 2 * H:(k + 1) * 2 * H].T, zh[k]))]
                      for k in (0, 1)]
             with _task_threads():
                 _cpu.run_call_lists(parts, config.current("cpu"))
@@ -399,8 +399,8 @@ class _HostCell(torch.autograd.Function):
         if ctx.split:  # the four products as two pairs on two cores
             dz = np.empty(gates.shape, dt)
             cell_dz(gates, c0, c1, dh1, dc1, dz, dc0, db)
-            parts = [[(matmul_into, (dz, w_hh, dh0)), (matmul_into, (dz, w_ih, dx))],
-                     [(matmul_tn_into, (dz, h0, dw_hh)), (matmul_tn_into, (dz, x, dw_ih))]]
+            parts = [[(two_products, (dz, w_hh, dh0, dz, w_ih, dx))],
+                     [(two_products, (dz.T, h0, dw_hh, dz.T, x, dw_ih))]]
             with _task_threads():
                 _cpu.run_call_lists(parts, config.current("cpu"))
         else:

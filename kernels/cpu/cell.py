@@ -22,7 +22,7 @@ import numpy as np
 from .jit import jit
 from .recurrence import _cell_backward, _cell_forward
 
-__all__ = ["cell_forward", "cell_backward", "cell_update", "cell_dz", "bias_grad"]
+__all__ = ["cell_forward", "cell_backward", "cell_update", "cell_dz", "bias_grad", "two_products"]
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
@@ -103,3 +103,11 @@ def bias_grad(dz, db):
     for b in range(dz.shape[0]):
         for g in range(dz.shape[1]):
             db[g] += dz[b, g]
+
+
+@jit(**_OPTS)
+def two_products(a1, b1, out1, a2, b2, out2):
+    """``out1 = a1 @ b1`` and ``out2 = a2 @ b2``: one core's share of a split call, in one
+    compiled call (a second call from Python would wait for the GIL again)."""
+    np.dot(a1, b1, out1)
+    np.dot(a2, b2, out2)
