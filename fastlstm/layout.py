@@ -15,7 +15,7 @@ dtype are converted (inputs are never modified).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -300,8 +300,17 @@ def own_kept_input(state: TrainingState | None, inp: HostInputs) -> TrainingStat
     x = inp.x.copy() if inp.x_shared else inp.x
     if padded:
         zero_padding(x, inp.lengths)
-    layers = (replace(state.layers[0], x=x),) + state.layers[1:]
-    return replace(state, layers=layers)
+    layers = (_with(state.layers[0], x=x),) + state.layers[1:]
+    return _with(state, layers=layers)
+
+
+def _with(obj, **changes):
+    """``dataclasses.replace`` for the states' frozen dataclasses (fields only, no
+    ``__post_init__``), without its per-field checks: a few microseconds less per call."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def _keeps(state: TrainingState, a: np.ndarray) -> bool:
