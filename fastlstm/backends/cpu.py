@@ -48,13 +48,14 @@ import numpy as np
 
 from .. import config
 from ..kernels.cpu.parallel import (add_split, can_pin, copy_rows, grad_gemms, matmul_into,
-                                    matmul_tn_into, run_tasks, runner_set, single_threaded_blas,
-                                    split_rows)
+                                    matmul_tn_into, put_rows, run_tasks, runner_set,
+                                    single_threaded_blas, split_rows)
 from ..kernels.cpu import duo, smallgemm
 from ..kernels.cpu.pair import run_pair
 from ..kernels.cpu.recurrence import (NO_PROGRESS, BackwardOut, BackwardWeights, Blocks,
                                       ForwardOut, ForwardWeights, Saved, StepInput, no_feed,
-                                      recurrence_backward, recurrence_forward, stack_x_hprev)
+                                      projection_grad, recurrence_backward, recurrence_forward,
+                                      stack_x_hprev)
 from .compile_notice import announce_compiles
 from .cpu_layouts import _Prepared, _prepare, block_shape, col_blocks
 from .state import LayerState, TrainingState
@@ -396,14 +397,12 @@ class _BackwardLayer:
     dc0: np.ndarray
     I: int
     parts: list = field(default_factory=list)
-    after: list = field(default_factory=list)  # per task: what _backward_after needs
 
 
 def _backward_task(L: _BackwardLayer, i):
     """Phase 2 for one direction and row range, then its phase 3 while its gate gradients are
     fresh: no wait between the two, nothing shared with other tasks. On the parallel path the
-    compiled calls to make (as :func:`_forward_task`); what follows them is in
-    :func:`_backward_after`."""
+    compiled calls to make (as :func:`_forward_task`)."""
     params, prep, cfg, sv = L.params, L.prep, L.cfg, L.saved
     H, P = params.hidden_size, params.output_size
     G = 4 * H
@@ -454,8 +453,13 @@ def _backward_task(L: _BackwardLayer, i):
         dw = np.empty((G, I_l + P), dt)
         calls.append((grad_gemms, (dg.reshape(rows, G), xh.reshape(rows, I_l + P), empty2, w_ih,
                                    dx2, dw, empty2)))
-        L.parts[i] = (dw, None, db, None)  # dW_ih and dW_hh split when the parts are summed
-        L.after[i] = (dg, dhp, dx2, fuse)
+        if not (whole or fuse):
+            calls.append((put_rows, (dx2.reshape(T, Bw, I_l), b0, target)))
+        dw_hr = None
+        if has_proj:
+            dw_hr = np.empty((P, H), dt)
+            calls.append((projection_grad, (gates, cells, b0, dhp, dw_hr)))
+        L.parts[i] = (dw, None, db, dw_hr)  # dW_ih and dW_hh split when the parts are summed
         return calls
     # one task per direction, the whole batch: x as it is, h_prev alone
     hp = np.empty((T, B, P), dt)
@@ -466,29 +470,13 @@ def _backward_task(L: _BackwardLayer, i):
                                       edges, params, L.layer, d, B, dg.reshape(rows, G),
                                       sv.x.reshape(rows, I_l), hp.reshape(rows, P), w_ih, dx2,
                                       dw_ih, dw_hh, cfg)
-    L.parts[i] = (dw_ih, dw_hh, db, None)
-    L.after[i] = (dg, dhp, dx2, fuse)
-    _backward_after(L, i)
-    return None
-
-
-def _backward_after(L: _BackwardLayer, i):
-    """A task's input-gradient rows to their place and its ``dW_hr``, after its calls."""
-    params, sv = L.params, L.saved
-    H, P = params.hidden_size, params.output_size
-    T, B = L.dy.shape[0], L.dy.shape[1]
-    d, b0, b1 = L.tasks[i]
-    dg, dhp, dx2, fuse = L.after[i]
-    rows = T * (b1 - b0)
-    if not (b1 - b0 == B or fuse):
-        target = L.dx if d == 0 else L.dx_rev
-        target[:, b0:b1] = dx2.reshape(T, b1 - b0, L.I)
-    if params.proj_size > 0:
-        gates, cells = sv.gates[d], sv.cells[d]
-        hh = gates[:, b0:b1, 3 * H:] * np.tanh(cells[:, b0:b1])  # o * tanh(c); 0 padded
-        dw_hr = np.empty((P, H), params.dtype)
+    dw_hr = None
+    if has_proj:
+        hh = gates[:, :, 3 * H:] * np.tanh(cells)  # o * tanh(c); 0 padded
+        dw_hr = np.empty((P, H), dt)
         matmul_tn_into(dhp.reshape(rows, P), hh.reshape(rows, H), dw_hr)
-        L.parts[i] = L.parts[i][:3] + (dw_hr,)
+    L.parts[i] = (dw_ih, dw_hh, db, dw_hr)
+    return None
 
 
 def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
@@ -523,14 +511,11 @@ def lstm_backward(state: TrainingState, dy, dh_n, dc_n):
         dx_rev = np.empty((T, B, I_l), dt) if D > 1 else None
         ctx = _BackwardLayer(cfg, params, layer, _prepare(params, layer), sv, tasks, parallel,
                              dy_layer, state.h0, state.c0, dh_n, dc_n, state.lengths, dx, dx_rev,
-                             dh0, dc0, I_l, [None] * len(tasks), [None] * len(tasks))
+                             dh0, dc0, I_l, [None] * len(tasks))
         pin = single_threaded_blas() if not threads and (sv.xh or _pin_serial(flop, cfg)) \
             else _NO_PIN
         with pin:
             _run(_backward_task, ctx, [(i,) for i in range(len(tasks))], threads)
-            if parallel:
-                for i in range(len(tasks)):
-                    _backward_after(ctx, i)
         if dx_rev is not None:
             dx += dx_rev
         dirs = []

@@ -30,7 +30,7 @@ import numpy as np
 from .jit import jit
 
 __all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "runner_set", "tasks_on",
-           "split_rows", "copy_rows", "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
+           "split_rows", "copy_rows", "put_rows", "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
 
 _lock = threading.Lock()
 _state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
@@ -228,6 +228,14 @@ def copy_rows(src, b0, out):
     for t in range(out.shape[0]):
         for b in range(out.shape[1]):
             out[t, b] = src[t, b0 + b]
+
+
+@jit(cache=True, nogil=True)
+def put_rows(src, b0, out):
+    """``out[:, b0:b0 + src.shape[1]] = src`` (3-D): a task's batch slice back in place."""
+    for t in range(src.shape[0]):
+        for b in range(src.shape[1]):
+            out[t, b0 + b] = src[t, b]
 
 
 @jit(cache=True, nogil=True)

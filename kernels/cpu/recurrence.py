@@ -429,3 +429,23 @@ def stack_x_hprev(x, b0, y, y_off, h0, lengths, reverse, out):
                 hp[:] = h0[b]
             else:
                 hp[:] = y[t - 1, b0 + b, y_off:y_off + P]
+
+
+@jit(**_OPTS)
+def projection_grad(gates, cells, b0, dhp, out):
+    """``dW_hr = dhp^T (o * tanh(c))`` over a task's rows: ``gates`` (T, B, 4H) and ``cells``
+    (T, B, H) the forward's (rows from ``b0``), ``dhp`` (T, Bw, P) the projected-output
+    gradients, ``out`` (P, H). Padded steps have ``o = 0``, so they add nothing. Compiled so a
+    parallel layer's tasks each do their own without the GIL."""
+    T, Bw, P = dhp.shape[0], dhp.shape[1], dhp.shape[2]
+    H = cells.shape[2]
+    hh = np.empty((T * Bw, H), dtype=out.dtype)
+    s = np.empty(H, dtype=out.dtype)
+    for t in range(T):
+        for b in range(Bw):
+            row = hh[t * Bw + b]
+            tanh_row(cells[t, b0 + b], row, s)
+            g = gates[t, b0 + b]
+            for j in range(H):
+                row[j] = g[3 * H + j] * row[j]
+    np.dot(dhp.reshape(T * Bw, P).T, hh, out)
