@@ -12,8 +12,8 @@ Backends: ``torch`` (the model as built, ``nn.LSTM``) and ``fastlstm`` (a copy a
 two models give the same logits (and, for ``train``, the same gradients) within the float32
 tolerance.
 
-``cell``: ``LSTMCell`` training, 20 steps unrolled (backends ``fastlstm``: a copy after
-``from_torch``, and ``torch``).
+``stream``: ``LSTMCell``, and ``LSTM`` called one step at a time, in training, 20 steps unrolled
+(backends ``fastlstm``: a copy after ``from_torch``, and ``torch``).
 
 ``overhead``: the module's cost over the NumPy call at T = 1, B = 1, H = 64 (backends
 ``module`` and ``numpy``: ``fastlstm.torch.LSTM`` under ``inference_mode`` and
@@ -120,21 +120,28 @@ def test_model(benchmark, bench_timer, torch_threads, case, mode, backend):
 
 
 # ---------------------------------------------------------------------------- LSTMCell
-#: (B, H) of the cell benchmark: ``CELL_STEPS`` steps of LSTMCell(32, H) unrolled in Python, a
-#: loss on every step's h, backward (what a streaming or RL training loop does)
+#: (B, H) of the streaming benchmarks: ``CELL_STEPS`` steps of LSTMCell(32, H), or of
+#: LSTM(32, H) called one step at a time, unrolled in Python, a loss on every step's h, backward
+#: (what a streaming or RL training loop does)
 CELL_CASES = [(1, 64), (8, 128), (32, 256)]
 CELL_STEPS = 20
 
 
-def _cell_fn(cell, xs):
-    B, H = xs.shape[1], cell.hidden_size
+def _stream_fn(module, xs):
+    B, H = xs.shape[1], module.hidden_size
+    cell = isinstance(module, (torch.nn.LSTMCell, flt.LSTMCell))
 
     def fn():
-        cell.zero_grad(set_to_none=True)
-        h = c = xs.new_zeros((B, H))
+        module.zero_grad(set_to_none=True)
+        shape = (B, H) if cell else (1, B, H)
+        hx = (xs.new_zeros(shape), xs.new_zeros(shape))
         loss = 0.0
         for t in range(xs.shape[0]):
-            h, c = cell(xs[t], (h, c))
+            if cell:
+                hx = module(xs[t], hx)
+                h = hx[0]
+            else:
+                h, hx = module(xs[t:t + 1], hx)
             loss = loss + h.sum()
         loss.backward()
         return loss
@@ -142,25 +149,26 @@ def _cell_fn(cell, xs):
 
 
 @pytest.mark.parametrize("case", CELL_CASES, ids=lambda c: f"B{c[0]}_H{c[1]}")
+@pytest.mark.parametrize("kind", ["cell", "lstm"])
 @pytest.mark.parametrize("backend", ["fastlstm", "torch"])
-def test_cell_training(benchmark, bench_timer, torch_threads, case, backend):
+def test_stream_training(benchmark, bench_timer, torch_threads, case, kind, backend):
     B, H = case
     torch.manual_seed(0)
-    ref = torch.nn.LSTMCell(E, H)
-    cells = {"torch": ref, "fastlstm": flt.from_torch(copy.deepcopy(ref))}
+    ref = torch.nn.LSTMCell(E, H) if kind == "cell" else torch.nn.LSTM(E, H)
+    modules = {"torch": ref, "fastlstm": flt.from_torch(copy.deepcopy(ref))}
     xs = torch.randn(CELL_STEPS, B, E, generator=torch.Generator().manual_seed(1))
     losses, grads = {}, {}
-    for name, cell in cells.items():  # the same loss and gradients from both (float32)
-        losses[name] = _cell_fn(cell, xs)().detach()
-        grads[name] = [p.grad.clone() for p in cell.parameters()]
+    for name, module in modules.items():  # the same loss and gradients from both (float32)
+        losses[name] = _stream_fn(module, xs)().detach()
+        grads[name] = [p.grad.clone() for p in module.parameters()]
     assert _rel(losses["fastlstm"], losses["torch"]) <= 2e-5
     for a, b in zip(grads["fastlstm"], grads["torch"]):
         assert _rel(a, b) <= 1e-4
-    name = f"cell{CELL_STEPS}_B{B}_H{H}"
+    name = f"{kind}{CELL_STEPS}_B{B}_H{H}"
     benchmark.group = f"torch-{name}-train"
     benchmark.extra_info.update(case=name, mode="train", backend=backend, T=CELL_STEPS, B=B, H=H,
                                 dtype="float32")
-    bench_timer.run(benchmark, _cell_fn(cells[backend], xs), 0.0)
+    bench_timer.run(benchmark, _stream_fn(modules[backend], xs), 0.0)
 
 
 # ---------------------------------------------------------------------------- overhead

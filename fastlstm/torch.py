@@ -119,6 +119,17 @@ class LSTM(nn.RNNBase):
             if unbatched:
                 return y.squeeze(1), (h.squeeze(1), c.squeeze(1))
             return (y.transpose(0, 1) if self.batch_first else y), (h, c)
+        if (T == 1 and L == 1 and D == 1 and self.proj_size == 0 and lengths is None
+                and x.is_cpu and B > 0 and not torch.compiler.is_compiling()):
+            # one step of one layer: the cell's kernels (LSTMCell's training call)
+            h, c, y = _HostCell.apply(x[0].contiguous(),
+                                      *((x.new_zeros((B, H)),) * 2 if hx is None else
+                                        (h0[0].contiguous(), c0[0].contiguous())),
+                                      True, *(w.contiguous() for w in weights))
+            y, h, c = y.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0)
+            if unbatched:
+                return y.squeeze(1), (h.squeeze(1), c.squeeze(1))
+            return (y.transpose(0, 1) if self.batch_first else y), (h, c)
         lens = None if lengths is None else lengths.to(torch.int64)
         masks = None
         if dropout:
@@ -200,7 +211,7 @@ class LSTMCell(nn.RNNCellBase):
             h, c = h[0], c[0]
             return (h[0], c[0]) if unbatched else (h, c)
         if x.is_cpu and x.shape[0] > 0 and not torch.compiler.is_compiling():
-            h, c = _HostCell.apply(x.contiguous(), h0.contiguous(), c0.contiguous(),
+            h, c = _HostCell.apply(x.contiguous(), h0.contiguous(), c0.contiguous(), False,
                                    *(w.contiguous() for w in weights))
         else:
             _, h, c = _run(self, weights, [1, 0, 0, int(self.bias)], x.unsqueeze(0),

@@ -350,15 +350,16 @@ class _HostLSTM(torch.autograd.Function):
 
 
 class _HostCell(torch.autograd.Function):
-    """An ``LSTMCell`` training call on CPU tensors: one compiled kernel each way
-    (``kernels/cpu/cell.py``), reading the weights as torch stores them, so nothing is
-    derived from them per call or per optimizer step. ``h0``, ``c0`` (B, H) are tensors
-    (zeros when the module got none). The tensors the backward reads (inputs, weights and
+    """An ``LSTMCell`` training call on CPU tensors (and an ``LSTM`` one of one step and one
+    layer, ``with_y``: h is also returned as the output, a tensor of its own): one compiled
+    kernel each way (``kernels/cpu/cell.py``), reading the weights as torch stores them, so
+    nothing is derived from them per call or per optimizer step. ``h0``, ``c0`` (B, H) are
+    tensors (zeros when the module got none). The tensors the backward reads (inputs, weights and
     ``c1``) are saved: an in-place change to any of them before the backward raises torch's
     error."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, *weights):  # every tensor C-contiguous (LSTMCell.forward)
+    def forward(ctx, x, h0, c0, with_y, *weights):  # tensors C-contiguous (LSTMCell.forward)
         B, H = c0.shape
         arrays = (x.detach().numpy(), h0.detach().numpy(), c0.detach().numpy())
         dt = arrays[0].dtype
@@ -382,16 +383,20 @@ class _HostCell(torch.autograd.Function):
         h1t, c1t = torch.from_numpy(h1), torch.from_numpy(c1)
         ctx.arrays = arrays + (gates, c1, w[0], w[1])
         ctx.save_for_backward(x, h0, c0, c1t, *weights)
+        if with_y:  # an LSTM step's output: h again, its own tensor (as nn.LSTM's y and h_n)
+            return h1t, c1t, h1t.clone()
         return h1t, c1t
 
     @staticmethod
-    def backward(ctx, gh, gc):
+    def backward(ctx, gh, gc, gy=None):
         if torch.is_grad_enabled():  # backward(create_graph=True)
             _no_double_backward(ctx)
         ctx.saved_tensors  # torch's check for in-place changes
         x, h0, c0, gates, c1, w_ih, w_hh = ctx.arrays
         dt = x.dtype
         B, H = c0.shape
+        if gy is not None:
+            gh = gy if gh is None else gh + gy
         dh1 = np.zeros((B, H), dt) if gh is None else _np(gh)
         dc1 = np.zeros((B, H), dt) if gc is None else _np(gc)
         dx, dh0, dc0 = np.empty_like(x), np.empty((B, H), dt), np.empty((B, H), dt)
@@ -408,8 +413,8 @@ class _HostCell(torch.autograd.Function):
                 cell_backward(x, h0, c0, gates, c1, dh1, dc1, w_ih, w_hh, dx, dh0, dc0, dw_ih,
                               dw_hh, db)
         dbt = torch.from_numpy(db)
-        biases = (dbt, dbt.clone()) if len(ctx.needs_input_grad) > 5 else ()
-        return (torch.from_numpy(dx), torch.from_numpy(dh0), torch.from_numpy(dc0),
+        biases = (dbt, dbt.clone()) if len(ctx.needs_input_grad) > 6 else ()
+        return (torch.from_numpy(dx), torch.from_numpy(dh0), torch.from_numpy(dc0), None,
                 torch.from_numpy(dw_ih), torch.from_numpy(dw_hh), *biases)
 
 
