@@ -17,8 +17,8 @@ from .backends import cpu as _cpu
 from .api import thin_forward
 from .backends.state import LayerState, TrainingState
 from ._omp import gomp_runner
-from .kernels.cpu.cell import cell_backward, cell_dz, cell_forward, cell_update, two_products
-from .kernels.cpu.parallel import can_pin
+from .kernels.cpu.cell import cell_backward, cell_dz, cell_forward, cell_update
+from .kernels.cpu.smallgemm import aligned_empty
 from .kernels.cpu.parallel import single_threaded_blas as _single_threaded_blas
 from .kernels.cpu.parallel import tasks_on
 from .params import LSTMParams
@@ -351,12 +351,15 @@ class _HostLSTM(torch.autograd.Function):
 
 class _HostCell(torch.autograd.Function):
     """An ``LSTMCell`` training call on CPU tensors (and an ``LSTM`` one of one step and one
-    layer, ``with_y``: h is also returned as the output, a tensor of its own): one compiled
-    kernel each way (``kernels/cpu/cell.py``), reading the weights as torch stores them, so
-    nothing is derived from them per call or per optimizer step. ``h0``, ``c0`` (B, H) are
-    tensors (zeros when the module got none). The tensors the backward reads (inputs, weights and
-    ``c1``) are saved: an in-place change to any of them before the backward raises torch's
-    error."""
+    layer, ``with_y``: h is also returned as the output, a tensor of its own): compiled
+    kernels (``kernels/cpu/cell.py``) on the weights as torch stores them, so nothing is
+    derived from them per call or per optimizer step. A call of at least
+    ``CPUConfig.parallel_min_flop`` (forward and backward) takes its matrix products from
+    torch (``Tensor.mm`` on its own threads: faster than SciPy's OpenBLAS at these shapes) and
+    only the cell's pointwise work from the kernels. Products whose result no input needs are
+    skipped. ``h0``, ``c0`` (B, H) are tensors (zeros when the module got none). The tensors the
+    backward reads (inputs, weights and ``c1``) are saved: an in-place change to any of them
+    before the backward raises torch's error."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, with_y, *weights):  # tensors C-contiguous (LSTMCell.forward)
@@ -367,16 +370,11 @@ class _HostCell(torch.autograd.Function):
         b_ih, b_hh = (w[2], w[3]) if len(w) == 4 else (_NO_BIAS[dt], _NO_BIAS[dt])
         gates = np.empty((B, 4 * H), dt)
         c1, h1 = np.empty((B, H), dt), np.empty((B, H), dt)
-        x_, h0_, c0_ = arrays
-        ctx.split = _cell_split(B, x_.shape[1], H)
-        if ctx.split:  # the products on two cores, by gate columns
-            zx, zh = np.empty((2, B, 2 * H), dt), np.empty((2, B, 2 * H), dt)
-            parts = [[(two_products, (x_, w[0][k * 2 * H:(k + 1) * 2 * H].T, zx[k],
-                                      h0_, w[1][k * 2 * H:(k + 1) * 2 * H].T, zh[k]))]
-                     for k in (0, 1)]
-            with _task_threads():
-                _cpu.run_call_lists(parts, config.current("cpu"))
-            cell_update(zx, zh, b_ih, b_hh, c0_, gates, c1, h1)
+        ctx.large = _cell_large(B, arrays[0].shape[1], H)
+        if ctx.large:  # autograd is off in here: plain products
+            zx = x.mm(weights[0].t()).numpy()[None]
+            zh = h0.mm(weights[1].t()).numpy()[None]
+            cell_update(zx, zh, b_ih, b_hh, arrays[2], gates, c1, h1)
         else:
             with _single_threaded_blas():
                 cell_forward(*arrays, w[0], w[1], b_ih, b_hh, gates, c1, h1)
@@ -399,32 +397,38 @@ class _HostCell(torch.autograd.Function):
             gh = gy if gh is None else gh + gy
         dh1 = np.zeros((B, H), dt) if gh is None else _np(gh)
         dc1 = np.zeros((B, H), dt) if gc is None else _np(gc)
-        dx, dh0, dc0 = np.empty_like(x), np.empty((B, H), dt), np.empty((B, H), dt)
-        dw_ih, dw_hh, db = np.empty_like(w_ih), np.empty_like(w_hh), np.empty(4 * H, dt)
-        if ctx.split:  # the four products as two pairs on two cores
-            dz = np.empty(gates.shape, dt)
+        need = ctx.needs_input_grad  # x, h0, c0, with_y, w_ih, w_hh[, b_ih, b_hh]
+        # a product nobody needs gets an output of no rows: the kernel skips it
+        dx = np.empty(x.shape if need[0] else (0, x.shape[1]), dt)
+        dh0 = np.empty((B if need[1] else 0, H), dt)
+        dw_ih = np.empty(w_ih.shape if need[4] else (0, w_ih.shape[1]), dt)
+        dw_hh = np.empty(w_hh.shape if need[5] else (0, H), dt)
+        dc0, db = np.empty((B, H), dt), np.empty(4 * H, dt)
+        if ctx.large:
+            dz = aligned_empty(gates.shape, dt)
             cell_dz(gates, c0, c1, dh1, dc1, dz, dc0, db)
-            parts = [[(two_products, (dz, w_hh, dh0, dz, w_ih, dx))],
-                     [(two_products, (dz.T, h0, dw_hh, dz.T, x, dw_ih))]]
-            with _task_threads():
-                _cpu.run_call_lists(parts, config.current("cpu"))
+            t, dzt = torch.from_numpy, torch.from_numpy(dz)
+            for out, a, b in ((dx, dzt, w_ih), (dh0, dzt, w_hh), (dw_ih, dzt.t(), x),
+                              (dw_hh, dzt.t(), h0)):
+                if out.shape[0]:
+                    torch.mm(a, t(b), out=t(out))
         else:
             with _single_threaded_blas():
                 cell_backward(x, h0, c0, gates, c1, dh1, dc1, w_ih, w_hh, dx, dh0, dc0, dw_ih,
                               dw_hh, db)
-        dbt = torch.from_numpy(db)
-        biases = (dbt, dbt.clone()) if len(ctx.needs_input_grad) > 6 else ()
-        return (torch.from_numpy(dx), torch.from_numpy(dh0), torch.from_numpy(dc0), None,
-                torch.from_numpy(dw_ih), torch.from_numpy(dw_hh), *biases)
+        grads = [torch.from_numpy(g) if g.shape[0] else None for g in (dx, dh0, dc0)]
+        grads += [None] + [torch.from_numpy(g) if g.shape[0] else None for g in (dw_ih, dw_hh)]
+        if len(need) > 6:  # the two bias vectors
+            dbt = torch.from_numpy(db)
+            grads += [dbt if need[6] else None, dbt.clone() if need[7] else None]
+        return tuple(grads)
 
 
-def _cell_split(B, I, H) -> bool:
-    """Whether a cell's training call runs its products on two cores: at least
-    ``CPUConfig.parallel_min_flop`` in forward and backward together (the hand-over costs
-    tens of microseconds), two threads, SciPy's BLAS pinnable."""
+def _cell_large(B, I, H) -> bool:
+    """Whether a cell's training call takes its products from torch: at least
+    ``CPUConfig.parallel_min_flop`` in forward and backward together, two threads."""
     cfg = config.current("cpu")
-    return (6.0 * B * 4 * H * (I + H) >= cfg.parallel_min_flop and _cpu.num_threads(cfg) >= 2
-            and can_pin())
+    return 6.0 * B * 4 * H * (I + H) >= cfg.parallel_min_flop and _cpu.num_threads(cfg) >= 2
 
 
 _NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),

@@ -12,7 +12,7 @@ nn = torch.nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import fastlstm.torch as flt  # noqa: E402
-from fastlstm.torch_ops import _HostCell, _cell_split  # noqa: E402
+from fastlstm.torch_ops import _HostCell, _cell_large  # noqa: E402
 from fastlstm.testing import assert_close  # noqa: E402
 
 F64 = torch.float64
@@ -354,18 +354,16 @@ def test_lstm_cell_matches_nn_lstm_cell():
         assert h2.shape == (5,) and _rel(h2, h1) <= 1e-10 and _rel(c2, c1) <= 1e-10
 
 
-@pytest.fixture(params=["one core", "two cores"])
+@pytest.fixture(params=["kernels", "torch's products"])
 def cell_cores(request):
-    """A cell's training call with its products on one core, or split over two (forced)."""
+    """A cell's training call with its products in the kernels, or from torch (forced: the
+    route of large calls)."""
     from fastlstm import config
-    from fastlstm.kernels.cpu.parallel import can_pin
-    if request.param == "one core":
+    if request.param == "kernels":
         yield
         return
-    if not can_pin():
-        pytest.skip("SciPy's OpenBLAS not found: one core only")
     with config.options("cpu", parallel_min_flop=0, threads=2):
-        assert _cell_split(1, 1, 1)
+        assert _cell_large(1, 1, 1)
         yield
 
 

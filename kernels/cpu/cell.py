@@ -12,17 +12,16 @@ optimizer step costs nothing here):
               dx = dz W_ih,  dh0 = dz W_hh,  dW_ih = dz^T x,  dW_hh = dz^T h0,  db = sum_b dz
 
 The cell update is the recurrence's (``_cell_forward``, ``_cell_backward``); the products are
-BLAS calls (Numba's ``np.dot``: SciPy's OpenBLAS). For calls large enough to gain, the products
-run on two cores instead: the forward's split by gate columns (each core's half of ``z``, then
-:func:`cell_update`), the backward's as two pairs (``dx``, ``dh0`` and ``dW_ih``, ``dW_hh``,
-after :func:`cell_dz`) (``fastlstm/torch_ops.py``).
+BLAS calls (Numba's ``np.dot``: SciPy's OpenBLAS). A caller with faster products of its own
+(``fastlstm/torch_ops.py``: torch's, for large calls) makes them and calls only the pointwise
+parts: :func:`cell_update` after the forward's, :func:`cell_dz` before the backward's.
 """
 import numpy as np
 
 from .jit import jit
 from .recurrence import _cell_backward, _cell_forward
 
-__all__ = ["cell_forward", "cell_backward", "cell_update", "cell_dz", "bias_grad", "two_products"]
+__all__ = ["cell_forward", "cell_backward", "cell_update", "cell_dz", "bias_grad"]
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
@@ -44,13 +43,17 @@ def cell_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, c1, h1):
 def cell_backward(x, h0, c0, gates, c1, dh1, dc1, w_ih, w_hh, dx, dh0, dc0, dw_ih, dw_hh, db):
     """Gradients of one :func:`cell_forward` call from ``dh1``, ``dc1`` (B, H): ``dx`` (B, I),
     ``dh0``, ``dc0`` (B, H), ``dw_ih`` (4H, I), ``dw_hh`` (4H, H), ``db`` (4H,: the gradient of
-    each bias vector)."""
+    each bias vector). ``dx``, ``dh0``, ``dw_ih``, ``dw_hh`` of no rows are not computed."""
     dz = np.empty(gates.shape, dtype=gates.dtype)
     cell_dz(gates, c0, c1, dh1, dc1, dz, dc0, db)
-    np.dot(dz, w_ih, dx)
-    np.dot(dz, w_hh, dh0)
-    np.dot(dz.T, x, dw_ih)
-    np.dot(dz.T, h0, dw_hh)
+    if dx.shape[0] > 0:  # an output of no rows: nobody needs that gradient
+        np.dot(dz, w_ih, dx)
+    if dh0.shape[0] > 0:
+        np.dot(dz, w_hh, dh0)
+    if dw_ih.shape[0] > 0:
+        np.dot(dz.T, x, dw_ih)
+    if dw_hh.shape[0] > 0:
+        np.dot(dz.T, h0, dw_hh)
 
 
 @jit(**_OPTS)
@@ -104,10 +107,3 @@ def bias_grad(dz, db):
         for g in range(dz.shape[1]):
             db[g] += dz[b, g]
 
-
-@jit(**_OPTS)
-def two_products(a1, b1, out1, a2, b2, out2):
-    """``out1 = a1 @ b1`` and ``out2 = a2 @ b2``: one core's share of a split call, in one
-    compiled call (a second call from Python would wait for the GIL again)."""
-    np.dot(a1, b1, out1)
-    np.dot(a2, b2, out2)
