@@ -1,6 +1,8 @@
 """A parallel layer's two tasks on the partner thread (kernels/cpu/pair.py): the hand-over in
 each order of events (partner first, partner late, partner taken), errors on either side, and
 the layer's results against the thread pool's, bitwise, alone and under concurrent callers."""
+import time
+
 import numpy as np
 import pytest
 from numba import njit
@@ -19,6 +21,14 @@ pytestmark = pytest.mark.skipif(not parallel.can_pin(), reason="SciPy's OpenBLAS
 def _scaled(src, k, out):
     for i in range(src.size):
         out[i] = k * src[i]
+
+
+@njit(nogil=True, cache=True)
+def _spin(n):
+    s = 0.0
+    for i in range(n):
+        s += np.sqrt(i + 1.0)
+    return s
 
 
 @njit(nogil=True, cache=True)
@@ -94,6 +104,31 @@ def test_an_error_on_either_side_is_raised_after_both_are_settled(mode, side):
         np.testing.assert_array_equal(b, -3.0 * src)
     else:
         np.testing.assert_array_equal(a, 2.0 * src)
+
+
+def test_the_partner_thread_takes_the_second_list_when_the_first_is_long(monkeypatch):
+    """With the caller busy for a while (~10-50 ms), the real partner thread claims and runs the
+    second list."""
+    import threading
+
+    from fastlstm.kernels.cpu import duo
+    names = []
+    real = pair._run_calls
+
+    def spy(calls):
+        names.append(threading.current_thread().name)
+        return real(calls)
+    monkeypatch.setattr(pair, "_run_calls", spy)
+    src, a, b, first, second = _lists(np.random.default_rng(3))
+    partner = duo.partner(20_000)
+    for _ in range(40):  # the partner may be backing off (up to 1 s) after an earlier call
+        names.clear()
+        if pair.run_pair(partner, [(_spin, (20_000_000,))] + first, second) \
+                and "fastlstm-partner" in names:
+            break
+        time.sleep(0.05)
+    assert names.count("fastlstm-partner") == 1, names
+    np.testing.assert_array_equal(b, -3.0 * src)
 
 
 _CASES = [Config(T=9, B=10, I=5, H=12, lengths=True),
