@@ -30,7 +30,8 @@ import numpy as np
 from .jit import jit
 
 __all__ = ["num_threads", "can_pin", "single_threaded_blas", "run_tasks", "runner_set", "tasks_on",
-           "split_rows", "copy_rows", "put_rows", "matmul_into", "matmul_tn_into", "grad_gemms", "add_split"]
+           "split_rows", "copy_rows", "put_rows", "matmul_into", "matmul_tn_into", "grad_gemms",
+           "add_split"]
 
 _lock = threading.Lock()
 _state = {"lib": None, "searched": False, "depth": 0, "saved": None, "pool": None, "size": 0}
