@@ -16,7 +16,9 @@ tasks compute depends on which thread ran them.
 
 Control words (int64, one cache line each): ``ctrl[CLAIM]`` 0 while unclaimed, then 1
 (the partner) or 2 (the caller); ``ctrl[DONE]`` 1 once the partner has finished the task it
-claimed.
+claimed and let go of the GIL (``duo.Partner``: it sets the word from its compiled wait for
+the next job, so the caller, spinning without the GIL, takes it at once; the partner also lets
+the caller reach its own compiled call before it asks for the GIL).
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ import time
 
 import numpy as np
 
-from .atomics import atomic_cas, atomic_load, atomic_store, spin_pause, yield_cpu
+from .atomics import atomic_cas, atomic_load, spin_pause, yield_cpu
+from .duo import DONE_WORD as DONE
 from .jit import jit
 
 __all__ = ["Pair", "run_pair"]
 
-CLAIM, DONE = 0, 8
+CLAIM = 0
 CTRL_SIZE = 16
 #: Pause loops the caller may wait for the partner's task before the second core counts as
 #: busy (a task of a few steps takes ~10^3; a descheduled thread, a scheduler tick: ~10^5).
@@ -42,11 +45,6 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 @jit(**_OPTS)
 def _claim(ctrl, who):
     return atomic_cas(ctrl, CLAIM, 0, who)
-
-
-@jit(**_OPTS)
-def _finish(ctrl):
-    atomic_store(ctrl, DONE, 1)
 
 
 @jit(**_OPTS)
@@ -83,14 +81,16 @@ class Pair:
         self.error = None
 
     def partner_side(self):
-        """The partner thread's job: the task, if the caller has not taken it."""
-        if _claim(self.ctrl, 1):
-            try:
-                _run_calls(self.calls)
-            except BaseException as exc:  # raised again on the caller's thread
-                self.error = exc
-            finally:
-                _finish(self.ctrl)
+        """The partner thread's job: the task, if the caller has not taken it. Returns the
+        control array, whose ``DONE`` the partner thread sets once it has let go of the GIL
+        (``duo.Partner._loop``); None when the caller took the task."""
+        if not _claim(self.ctrl, 1):
+            return None
+        try:
+            _run_calls(self.calls)
+        except BaseException as exc:  # raised again on the caller's thread
+            self.error = exc
+        return self.ctrl
 
 
 def run_pair(partner, first, second) -> bool:
@@ -104,9 +104,10 @@ def run_pair(partner, first, second) -> bool:
     partner's spinning then costs the caller its core; the share of a core the caller got
     would not tell, as its waits for the GIL count against it)."""
     pair = Pair(second)
+    switched = _preempted()
     if not partner.offer(Pair.partner_side, (pair,)):
         return False
-    start, switched = time.perf_counter(), _preempted()
+    start = time.perf_counter()  # then straight into the first compiled call (see SETTLE)
     busy = False
     try:
         _run_calls(first)
