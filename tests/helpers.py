@@ -155,3 +155,9 @@ def run_in_threads(work, n, timeout=None):
     for t in threads:
         t.join(timeout)
     return errors, threads
+
+
+def rel_err(a, b) -> float:
+    """``|a - b| / |b|`` (Frobenius) of two torch tensors, gradients detached."""
+    a, b = a.detach(), b.detach()
+    return float((a - b).norm() / max(float(b.norm()), 1e-300))
